@@ -1,0 +1,45 @@
+# The llm workspace. `make help` lists the targets.
+SHELL := /bin/bash
+UV ?= uv
+RUN := $(UV) run --frozen
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
+
+setup: ## install every package and the dev tools into .venv (uv sync --frozen)
+	@command -v $(UV) >/dev/null || python3 -m pip install -q uv
+	$(UV) sync --frozen
+
+test: setup ## the test suite (under 10 minutes on 2 cores), then build and install-check every wheel
+	$(RUN) pytest -m "not slow" -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory check-wheels
+
+test-all: setup ## every test, the slow ones included
+	$(RUN) pytest -q $(PYTEST_ARGS)
+
+lint: setup ## ruff check and format check
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format: setup ## apply ruff's fixes and formatting
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+build: ## build every package's sdist and wheel into dist/ (no workspace sources)
+	rm -rf dist
+	$(UV) build --all-packages --no-sources -o dist -q
+
+check-wheels: build ## install each wheel alone (with its siblings' wheels) into a fresh venv and import it
+	$(UV) run --frozen --no-project python scripts/check_wheels.py dist
+
+.PHONY: help setup test test-all lint format build check-wheels
+
+demo: setup ## the main job for now: a tiny random checkpoint, described, and a long-context memory estimate
+	$(RUN) llm-core init --config configs/tiny.yaml --out .demo/tiny
+	$(RUN) llm-core info .demo/tiny
+	$(RUN) llm-core estimate --config configs/llama-125m.yaml --context 2K,32K,128K,1M
+
+.PHONY: demo

@@ -1,0 +1,24 @@
+"""The `llm-agent` console script."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llm_agent import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-agent", description="Tool-calling agent loop for llm with sandboxed tools. No torch.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    build_parser().parse_args(argv)
+    print(f"llm-agent {__version__}: no commands yet; see --help.", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

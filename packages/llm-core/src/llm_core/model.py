@@ -1,0 +1,258 @@
+"""The decoder-only Transformer, from small parts to the whole.
+
+Module names follow HF transformers (``model.embed_tokens``, ``model.layers.N.self_attn.q_proj``,
+``mlp.gate_proj``, ``model.norm``, ``lm_head``), so importing HF weights is a renaming of nothing.
+All tensor ops with a kernel behind them go through :mod:`llm_kernels`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from llm_kernels import apply_rope, attention, rms_norm, rope_cos_sin
+
+from llm_core.cache import StaticKVCache
+from llm_core.config import ModelConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE angle tables, computed from positions on demand (no length limit)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.head_dim
+        inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_cos_sin(positions, self.inv_freq)  # (B, T, D/2) each
+
+
+def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Absolute sin/cos encodings of "Attention Is All You Need": ``[..., T, dim]`` in float32."""
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, dim, 2, device=positions.device) / dim))
+    angles = positions.float().unsqueeze(-1) * inv_freq  # (..., T, dim/2)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (..., T, dim)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with optional q/k/v bias, RoPE, a window and sink tokens."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.use_rope = config.position_encoding == "rope"
+        self.window, self.sink_tokens = config.window_size, config.sink_tokens
+        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.q_proj = nn.Linear(config.n_embd, q_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.n_embd, kv_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.n_embd, kv_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(q_dim, config.n_embd, bias=config.o_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        q_pos: torch.Tensor,
+        k_pos: torch.Tensor,
+        cache: StaticKVCache | None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D)
+        y = attention(q, k, v, q_pos, k_pos, window=self.window, sink_tokens=self.sink_tokens)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    """``gelu``: down(gelu(up(x))), GPT-style; ``swiglu``: down(silu(gate(x)) * up(x)), Llama."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gated = config.mlp == "swiglu"
+        bias = not self.gated  # GPT-style MLPs carry biases, Llama's do not
+        if self.gated:
+            self.gate_proj = nn.Linear(config.n_embd, config.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(config.n_embd, config.ffn_dim, bias=bias)
+        self.down_proj = nn.Linear(config.ffn_dim, config.n_embd, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))  # GPT-2's gelu
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = make_norm(config)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = make_norm(config)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        q_pos: torch.Tensor,
+        k_pos: torch.Tensor,
+        cache: StaticKVCache | None,
+    ) -> torch.Tensor:
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope, q_pos, k_pos, cache))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+class TransformerBody(nn.Module):
+    """Embedding, blocks and final norm (HF's ``model`` submodule)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = make_norm(config)
+        self.rotary_emb = RotaryEmbedding(config) if config.position_encoding == "rope" else None
+
+
+class Transformer(nn.Module):
+    """A decoder-only language model: ``model(tokens, cache=None, positions=None) -> logits``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = TransformerBody(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.reset_parameters()
+        self.to(DTYPES[config.dtype])
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, init_std) weights, zero biases, residual projections scaled by
+        1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth."""
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                scale = 1 / math.sqrt(2 * self.config.n_layer) if name.endswith(("o_proj", "down_proj")) else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, (RMSNorm, nn.LayerNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def num_parameters(self) -> int:
+        """Parameters counted once (a tied LM head is not counted twice)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(
+        self,
+        batch_size: int,
+        capacity: int | None = None,
+        kind: str = "static",
+        *,
+        dtype: torch.dtype | None = None,
+    ) -> StaticKVCache:
+        """A fresh KV cache for ``batch_size`` rows of ``capacity`` tokens (default ``max_seq_len``)."""
+        if kind != "static":
+            raise ValueError(f"unknown cache kind {kind!r} (available: 'static')")
+        cfg = self.config
+        return StaticKVCache(
+            n_layer=cfg.n_layer,
+            batch_size=batch_size,
+            n_kv_head=cfg.kv_heads,
+            head_dim=cfg.head_dim,
+            capacity=capacity or cfg.max_seq_len,
+            dtype=dtype or self.dtype,
+            device=self.device,
+        )
+
+    def hidden_states(
+        self,
+        tokens: torch.Tensor,
+        cache: StaticKVCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-norm hidden states ``[B, T, n_embd]`` (the input of the LM head)."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [batch, time], got shape {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        if positions is None:
+            if cache is not None:
+                positions = cache.next_positions(T)  # (B, T)
+            else:
+                positions = torch.arange(T, device=tokens.device).expand(B, T)  # (B, T)
+        elif positions.dim() == 1:
+            positions = positions.expand(B, T)
+        if positions.shape != (B, T):
+            raise ValueError(f"positions {tuple(positions.shape)} do not match tokens {(B, T)}")
+        if cache is not None:
+            cache.append(positions)
+            k_pos = cache.key_positions  # (B, S)
+        else:
+            k_pos = positions
+        body = self.model
+        x = body.embed_tokens(tokens)  # (B, T, C)
+        rope = None
+        if body.rotary_emb is not None:
+            rope = body.rotary_emb(positions)
+        else:
+            x = x + sinusoidal_encoding(positions, self.config.n_embd).to(x.dtype)
+        for layer in body.layers:
+            x = layer(x, rope, positions, k_pos, cache)
+        return body.norm(x)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: StaticKVCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, T, vocab_size]`` for ``tokens`` (``[B, T]``).
+
+        ``positions`` (``[B, T]`` or ``[T]``) default to ``0..T-1``, or, with a ``cache``, to
+        the positions after the last one the cache holds. Raises ``ValueError`` on bad shapes and
+        :class:`~llm_core.errors.CacheFullError` when the cache has no room.
+        """
+        return self.lm_head(self.hidden_states(tokens, cache, positions))

@@ -1,0 +1,68 @@
+"""The one dispatch point: every op that model code calls, routed to an implementation.
+
+Triton kernels are chosen for CUDA tensors (or every tensor when ``TRITON_INTERPRET=1``) once
+they exist for an op; otherwise the torch reference or an aten fast path runs. The signatures
+here are the contract: implementations behind them may change, callers never need to.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm_kernels import reference
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    *,
+    window: int | None = None,
+    sink_tokens: int = 0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention under the position rule; see :func:`llm_kernels.reference.attention`.
+
+    ``q``: ``[B, H, Tq, D]``; ``k``, ``v``: ``[B, H_kv, Tk, D]``; ``q_pos``: ``[B, Tq]`` or
+    ``[Tq]``; ``k_pos``: ``[B, Tk]`` or ``[Tk]`` (negative = empty slot). Raises ``ValueError``
+    on inconsistent shapes.
+    """
+    _check_attention_shapes(q, k, v, q_pos, k_pos)
+    return reference.sdpa_attention(
+        q, k, v, q_pos, k_pos, window=window, sink_tokens=sink_tokens, scale=scale
+    )
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding, half-split layout; see :func:`llm_kernels.reference.apply_rope`."""
+    if cos.shape[-1] * 2 != x.shape[-1]:
+        raise ValueError(
+            f"apply_rope: tables have {cos.shape[-1]} frequencies, x has head_dim {x.shape[-1]}"
+        )
+    return reference.apply_rope(x, cos, sin)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dimension; see :func:`llm_kernels.reference.rms_norm`."""
+    return reference.rms_norm(x, weight, eps)
+
+
+def _check_attention_shapes(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
+) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("attention: q, k and v must be 4-D [B, H, T, D]")
+    if k.shape != v.shape:
+        raise ValueError(f"attention: k {tuple(k.shape)} and v {tuple(v.shape)} differ")
+    B, H, Tq, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"attention: q {tuple(q.shape)} and k {tuple(k.shape)} disagree")
+    if H % k.shape[1] != 0:
+        raise ValueError(f"attention: {H} query heads is not a multiple of {k.shape[1]} KV heads")
+    if q_pos.shape[-1] != Tq or k_pos.shape[-1] != k.shape[2]:
+        raise ValueError(
+            f"attention: positions {tuple(q_pos.shape)}/{tuple(k_pos.shape)} do not match "
+            f"Tq={Tq}, Tk={k.shape[2]}"
+        )
