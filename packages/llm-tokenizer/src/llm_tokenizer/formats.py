@@ -1,0 +1,304 @@
+"""Reading and writing tokenizer files: our JSON and HF tokenizers' tokenizer.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from llm_tokenizer.errors import TokenizerError
+from llm_tokenizer.patterns import GPT2_PATTERN
+from llm_tokenizer.tokenizer import Tokenizer
+
+FORMAT = "llm-tokenizer"
+FORMAT_VERSION = 1
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
+    """See `Tokenizer.from_file`."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "tokenizer.json"]
+        if not candidates[0].is_file():
+            raise TokenizerError(f"{path} is a directory without a tokenizer.json")
+        path = candidates[0]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path} is not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path} holds JSON but not a tokenizer object")
+    if data.get("format") == FORMAT:
+        return _from_llm_json(data, path)
+    if "model" in data:
+        return _from_hf_json(data, _read_hf_config(path.parent))
+    raise TokenizerError(f"{path} is neither an llm-tokenizer file nor an HF tokenizer.json")
+
+
+def save_tokenizer(
+    tokenizer: Tokenizer, path: str | os.PathLike[str], *, format: Literal["llm", "hf"]
+) -> None:
+    """See `Tokenizer.save`."""
+    if format == "llm":
+        data = _to_llm_json(tokenizer)
+    elif format == "hf":
+        data = _to_hf_json(tokenizer)
+    else:
+        raise TokenizerError(f"unknown tokenizer format {format!r}; expected 'llm' or 'hf'")
+    Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+# -- our JSON ----------------------------------------------------------------------------------
+
+_OPTIONS = (
+    "kind", "pattern", "normalization", "add_prefix_space", "prepend_scheme", "split_on_space",
+    "byte_fallback", "unk_token", "ignore_merges", "bos_token", "eos_token", "extra_eos_tokens",
+    "pad_token", "chat_template",
+)  # fmt: skip
+
+
+def _to_llm_json(tokenizer: Tokenizer) -> dict[str, Any]:
+    ordered = sorted(tokenizer.merges.items(), key=lambda item: item[1][0])
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **{name: getattr(tokenizer, name) for name in _OPTIONS},
+        "special_tokens": tokenizer.special_tokens,
+        "tokens": tokenizer.tokens,
+        "merges": [[left, right, rank] for (left, right), (rank, _) in ordered],  # rank order
+    }
+
+
+def _from_llm_json(data: dict[str, Any], path: Path) -> Tokenizer:
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise TokenizerError(
+            f"{path} has format_version {version}; this llm-tokenizer reads {FORMAT_VERSION}"
+        )
+    try:
+        merges = {(left, right): rank for left, right, rank in data["merges"]}
+        options = {name: data[name] for name in _OPTIONS if name in data}
+        return Tokenizer(data["tokens"], merges, special_tokens=data["special_tokens"], **options)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, TokenizerError):
+            raise
+        raise TokenizerError(
+            f"{path} is a malformed llm-tokenizer file: {type(e).__name__}: {e}"
+        ) from None
+
+
+# -- HF tokenizer.json -----------------------------------------------------------------------
+
+
+def _read_hf_config(directory: Path) -> dict[str, Any]:
+    """Chat template, bos/eos/pad tokens and eos ids from tokenizer_config.json / generation_config.json."""
+    config: dict[str, Any] = {}
+    config_path = directory / "tokenizer_config.json"
+    if config_path.is_file():
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+        for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            value = raw.get(name)
+            config[name] = value.get("content") if isinstance(value, dict) else value
+        template = raw.get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        config["chat_template"] = template
+    generation_path = directory / "generation_config.json"
+    if generation_path.is_file():
+        eos = json.loads(generation_path.read_text(encoding="utf-8")).get("eos_token_id")
+        config["eos_token_ids"] = [eos] if isinstance(eos, int) else list(eos or [])
+    return config
+
+
+def _pre_tokenizer_options(pre: dict[str, Any] | None) -> dict[str, Any]:
+    """Our options for an HF pre_tokenizer; raises TokenizerError for what we cannot match."""
+    if pre is None:
+        return {}
+    kind = pre.get("type")
+    if kind == "ByteLevel":
+        return {
+            "kind": "byte_level",
+            "pattern": GPT2_PATTERN if pre.get("use_regex", True) else None,
+            "add_prefix_space": bool(pre.get("add_prefix_space", False)),
+        }
+    if kind == "Metaspace":
+        if pre.get("replacement", "▁") != "▁":
+            raise TokenizerError(f"unsupported Metaspace replacement {pre['replacement']!r}")
+        scheme = pre.get("prepend_scheme")
+        if scheme is None:  # tokenizers < 0.14 wrote add_prefix_space instead
+            scheme = "always" if pre.get("add_prefix_space", True) else "never"
+        return {
+            "kind": "sentencepiece",
+            "prepend_scheme": scheme,
+            "split_on_space": bool(pre.get("split", True)),
+        }
+    if kind == "Sequence":
+        steps = pre.get("pretokenizers", [])
+        if (
+            len(steps) == 2
+            and steps[0].get("type") == "Split"
+            and steps[0].get("behavior") == "Isolated"
+            and not steps[0].get("invert", False)
+            and "Regex" in steps[0].get("pattern", {})
+            and steps[1].get("type") == "ByteLevel"
+            and not steps[1].get("use_regex", True)
+        ):
+            return {
+                "kind": "byte_level",
+                "pattern": steps[0]["pattern"]["Regex"],
+                "add_prefix_space": bool(steps[1].get("add_prefix_space", False)),
+            }
+    raise TokenizerError(f"unsupported HF pre_tokenizer {json.dumps(pre)[:200]}")
+
+
+def _normalizer_options(normalizer: dict[str, Any] | None) -> dict[str, Any]:
+    """Our options for an HF normalizer; raises TokenizerError for what we cannot match."""
+    if normalizer is None:
+        return {}
+    if normalizer.get("type") == "NFC":
+        return {"normalization": "NFC"}
+    steps = (
+        normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+    )
+    kinds = [(s.get("type"), s.get("prepend"), s.get("content")) for s in steps]
+    replace_space = ("Replace", None, "▁")
+    if all(s.get("type") != "Replace" or s.get("pattern") == {"String": " "} for s in steps):
+        if kinds == [("Prepend", "▁", None), replace_space]:  # Llama 2's legacy normalizer
+            return {"kind": "sentencepiece", "prepend_scheme": "legacy", "split_on_space": False}
+        if kinds == [replace_space]:
+            return {"kind": "sentencepiece", "prepend_scheme": "never", "split_on_space": False}
+    raise TokenizerError(f"unsupported HF normalizer {json.dumps(normalizer)[:200]}")
+
+
+def _from_hf_json(data: dict[str, Any], config: dict[str, Any]) -> Tokenizer:
+    model = data["model"]
+    if model.get("type") != "BPE":
+        raise TokenizerError(
+            f"unsupported HF model type {model.get('type')!r}; only BPE is supported"
+        )
+    if (
+        model.get("dropout")
+        or model.get("continuing_subword_prefix")
+        or model.get("end_of_word_suffix")
+    ):
+        raise TokenizerError(
+            "unsupported HF BPE options: dropout, continuing_subword_prefix or end_of_word_suffix"
+        )
+    options = {
+        **_normalizer_options(data.get("normalizer")),
+        **_pre_tokenizer_options(data.get("pre_tokenizer")),
+    }
+    if "kind" not in options:
+        raise TokenizerError(
+            "HF tokenizer.json has neither a ByteLevel nor a SentencePiece-style pre-tokenizer"
+        )
+
+    vocab: dict[str, int] = model["vocab"]
+    added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+    size = max([*vocab.values(), *added.values()]) + 1
+    tokens = [""] * size
+    for token, token_id in vocab.items():
+        tokens[token_id] = token
+    merges = []
+    for merge in model.get("merges", []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if left not in vocab or right not in vocab:
+            raise TokenizerError(
+                f"HF merge {left!r} {right!r} uses a token missing from the vocabulary"
+            )
+        merges.append((vocab[left], vocab[right]))
+
+    eos_ids = config.get("eos_token_ids", [])
+    eos_token = config.get("eos_token")
+    extra_eos = [tokens[i] for i in eos_ids if 0 <= i < size and tokens[i] != eos_token]
+    if eos_token is None and extra_eos:
+        eos_token, extra_eos = extra_eos[0], extra_eos[1:]
+    return Tokenizer(
+        tokens,
+        merges,
+        special_tokens=added,
+        byte_fallback=bool(model.get("byte_fallback", False)),
+        unk_token=model.get("unk_token"),
+        ignore_merges=bool(model.get("ignore_merges", False)),
+        bos_token=config.get("bos_token"),
+        eos_token=eos_token,
+        extra_eos_tokens=extra_eos,
+        pad_token=config.get("pad_token"),
+        chat_template=config.get("chat_template"),
+        **options,
+    )
+
+
+def _to_hf_json(tokenizer: Tokenizer) -> dict[str, Any]:
+    if tokenizer.kind != "byte_level":
+        raise TokenizerError("only byte-level tokenizers can be written as HF tokenizer.json")
+    ordered = sorted(tokenizer.merges.items(), key=lambda item: item[1][0])
+    ranks = [rank for _, (rank, _) in ordered]
+    if len(set(ranks)) != len(ranks):
+        raise TokenizerError("merges with equal ranks cannot be written as an HF merge list")
+    special_ids = set(tokenizer.special_tokens.values())
+    byte_level = {
+        "type": "ByteLevel",
+        "add_prefix_space": tokenizer.add_prefix_space,
+        "trim_offsets": True,
+    }
+    if tokenizer.pattern == GPT2_PATTERN:
+        pre_tokenizer = {**byte_level, "use_regex": True}
+    elif tokenizer.pattern is None:
+        pre_tokenizer = {**byte_level, "use_regex": False}
+    else:
+        pre_tokenizer = {
+            "type": "Sequence",
+            "pretokenizers": [
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": tokenizer.pattern},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {**byte_level, "use_regex": False},
+            ],
+        }
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": i,
+                "content": t,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for t, i in sorted(tokenizer.special_tokens.items(), key=lambda item: item[1])
+        ],
+        "normalizer": {"type": "NFC"} if tokenizer.normalization == "NFC" else None,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": None,
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": True,
+            "use_regex": True,
+        },
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": tokenizer.ignore_merges,
+            "vocab": {t: i for i, t in enumerate(tokenizer.tokens) if i not in special_ids and t},
+            "merges": [
+                [tokenizer.tokens[left], tokenizer.tokens[right]] for (left, right), _ in ordered
+            ],
+        },
+    }

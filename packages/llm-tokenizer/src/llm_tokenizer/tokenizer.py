@@ -1,0 +1,497 @@
+"""The Tokenizer: byte-level BPE (GPT-2 style) or SentencePiece-style BPE with byte fallback."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import unicodedata
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import regex
+
+from llm_tokenizer.bpe import Merges, merge_word
+from llm_tokenizer.chat import DEFAULT_CHAT_TEMPLATE, render_chat_template
+from llm_tokenizer.errors import DisallowedSpecialTokenError, TokenizerError
+from llm_tokenizer.patterns import bytes_to_unicode, resolve_pattern, unicode_to_bytes
+
+if TYPE_CHECKING:
+    from llm_tokenizer.streaming import IncrementalDecoder
+
+Kind = Literal["byte_level", "sentencepiece"]
+# How SentencePiece text gets its leading "▁": "always" (HF Metaspace) prepends to every text
+# segment not already starting with one, "first" only to the segment at the start of the text,
+# "legacy" (Llama-2's Prepend normalizer, llama.cpp) to every segment unconditionally.
+PrependScheme = Literal["always", "first", "legacy", "never"]
+
+SPACE_MARKER = "▁"  # U+2581, SentencePiece's stand-in for a space
+_SPACE_SPLIT = regex.compile(f"{SPACE_MARKER}*[^{SPACE_MARKER}]+|{SPACE_MARKER}+")
+_BYTE_TOKEN = regex.compile(r"<0x([0-9A-Fa-f]{2})>")
+_CACHED_WORD_CHARS = 256  # longer pre-tokens are merged every time rather than cached
+
+
+class _WordCache(dict):
+    """Pre-token -> token ids; a miss computes the ids and stores them (cleared when full)."""
+
+    def __init__(self, compute: Callable[[str], tuple[int, ...]], capacity: int):
+        super().__init__()
+        self.compute = compute
+        self.capacity = capacity
+
+    def __missing__(self, word: str) -> tuple[int, ...]:
+        ids = self.compute(word)
+        if self.capacity and len(word) <= _CACHED_WORD_CHARS:
+            if len(self) >= self.capacity:
+                self.clear()
+            self[word] = ids
+        return ids
+
+
+class Tokenizer:
+    """A BPE tokenizer: pre-tokenize, merge, map to ids; special tokens are matched first.
+
+    Two kinds share the merge engine. `byte_level` (GPT-2, Llama 3, Qwen) splits text with a
+    regex and merges UTF-8 bytes, so every string encodes. `sentencepiece` (Llama 2, GGUF
+    `llama`) replaces spaces by "▁", merges characters, and spells characters missing from the
+    vocabulary as `<0xXX>` byte tokens.
+    """
+
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        merges: Iterable[tuple[int, int]] | Mapping[tuple[int, int], int],
+        *,
+        kind: Kind = "byte_level",
+        pattern: str | None = "gpt4",
+        special_tokens: Mapping[str, int] | None = None,
+        normalization: Literal["NFC"] | None = None,
+        add_prefix_space: bool = False,
+        prepend_scheme: PrependScheme = "always",
+        split_on_space: bool = True,
+        byte_fallback: bool = True,
+        unk_token: str | None = None,
+        ignore_merges: bool = False,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        extra_eos_tokens: Sequence[str] = (),
+        pad_token: str | None = None,
+        chat_template: str | None = None,
+        cache_size: int = 1 << 18,
+    ):
+        """Build a tokenizer from its vocabulary and ranked merges.
+
+        tokens: the token string of every id (byte-level tokens in GPT-2's unicode spelling,
+            SentencePiece tokens with "▁"); special tokens may be listed here or only in
+            `special_tokens`. merges: pairs of ids in rank order, or a mapping pair -> rank
+            (equal ranks are merged leftmost first). pattern: a name in `PATTERNS` or a regex,
+            byte-level only (None: no split). normalization: "NFC" normalizes text first.
+            add_prefix_space: byte-level, prepend " " to text not starting with one.
+            prepend_scheme / split_on_space / byte_fallback / unk_token: sentencepiece options.
+            ignore_merges: a pre-token that is itself in the vocabulary maps straight to its id.
+            cache_size: pre-tokens whose ids are cached (0 disables the cache).
+
+        Raises TokenizerError when a merge produces a token missing from `tokens`, an id is
+        out of range, or a named token (bos, eos, pad, unk) is not in the vocabulary.
+        """
+        special_tokens = dict(special_tokens or {})
+        size = max([len(tokens) - 1, *special_tokens.values()]) + 1
+        table = list(tokens) + [""] * (size - len(tokens))
+        for content, token_id in special_tokens.items():
+            if token_id < 0:
+                raise TokenizerError(f"special token {content!r} has negative id {token_id}")
+            table[token_id] = content
+        self.tokens: list[str] = table
+        self.kind: Kind = kind
+        self.pattern = resolve_pattern(pattern) if pattern is not None else None
+        self.special_tokens = special_tokens
+        self._special_ids = frozenset(special_tokens.values())
+        self.normalization = normalization
+        self.add_prefix_space = add_prefix_space
+        self.prepend_scheme: PrependScheme = prepend_scheme
+        self.split_on_space = split_on_space
+        self.byte_fallback = byte_fallback
+        self.unk_token = unk_token
+        self.ignore_merges = ignore_merges
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self.extra_eos_tokens = tuple(extra_eos_tokens)
+        self.pad_token = pad_token
+        self.chat_template = chat_template
+
+        # Ordinary tokens only: special tokens are reached by matching their text, never by merges.
+        self.token_to_id: dict[str, int] = {}
+        for token_id, token in enumerate(tokens):
+            if token and token_id not in self._special_ids:
+                self.token_to_id.setdefault(token, token_id)
+        for name in (bos_token, eos_token, pad_token, unk_token, *self.extra_eos_tokens):
+            if name is not None and self.token_id(name) is None:
+                raise TokenizerError(f"token {name!r} is not in the vocabulary")
+
+        ranked = (
+            merges.items()
+            if isinstance(merges, Mapping)
+            else ((p, r) for r, p in enumerate(merges))
+        )
+        self.merges: Merges = {}
+        for (left, right), rank in ranked:
+            if not (0 <= left < size and 0 <= right < size):
+                raise TokenizerError(
+                    f"merge ({left}, {right}) refers to an id outside the vocabulary"
+                )
+            merged = self.token_to_id.get(self.tokens[left] + self.tokens[right])
+            if merged is None:
+                raise TokenizerError(
+                    f"merge {self.tokens[left]!r} + {self.tokens[right]!r} makes a token missing from the vocabulary"
+                )
+            self.merges.setdefault((left, right), (rank, merged))
+
+        self.token_bytes: list[bytes] = [self._bytes_of(i, t) for i, t in enumerate(self.tokens)]
+        if kind == "byte_level":
+            byte_chars = bytes_to_unicode()
+            missing = [b for b in range(256) if byte_chars[b] not in self.token_to_id]
+            if missing:
+                raise TokenizerError(
+                    f"byte-level vocabulary lacks {len(missing)} of the 256 byte tokens (e.g. byte {missing[0]})"
+                )
+            self._byte_ids = [self.token_to_id[byte_chars[b]] for b in range(256)]
+        else:
+            self._byte_ids = [self.token_to_id.get(f"<0x{b:02X}>", -1) for b in range(256)]
+        self._unk_id = self.token_id(unk_token) if unk_token is not None else None
+        self._split = regex.compile(self.pattern).findall if self.pattern is not None else None
+        self._special_regex = self._compile_special_regex(special_tokens)
+        self._word_ids = _WordCache(
+            self._encode_byte_level_word
+            if kind == "byte_level"
+            else self._encode_sentencepiece_word,
+            cache_size,
+        )
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        """Load our JSON, an HF `tokenizer.json`, or a directory holding either (detected).
+
+        A `tokenizer_config.json` (chat template, bos/eos tokens) and `generation_config.json`
+        (eos ids) beside an HF file are read too. Raises OSError when the file cannot be read
+        and TokenizerError when its content is invalid or unsupported.
+        """
+        from llm_tokenizer.formats import load_tokenizer
+
+        return load_tokenizer(path)
+
+    @classmethod
+    def from_gguf(cls, metadata: Mapping[str, Any]) -> Tokenizer:
+        """Build from GGUF metadata (`tokenizer.ggml.*` keys, `tokenizer.chat_template`).
+
+        Raises TokenizerError when the model kind is not `gpt2` or `llama` or keys are missing.
+        """
+        from llm_tokenizer.gguf import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(metadata)
+
+    @classmethod
+    def train(
+        cls,
+        files_or_texts: Iterable[str | os.PathLike[str]],
+        vocab_size: int,
+        *,
+        pattern: str = "gpt4",
+        special_tokens: Sequence[str] = (),
+        min_frequency: int = 2,
+        normalization: Literal["NFC"] | None = None,
+        show_progress: bool = False,
+    ) -> Tokenizer:
+        """Train a byte-level BPE tokenizer; see `llm_tokenizer.training.train_bpe`.
+
+        `files_or_texts` holds paths (`pathlib.Path` or other `os.PathLike`, read as UTF-8)
+        and/or strings (taken as text). `vocab_size` counts the 256 bytes, the merges and the
+        special tokens. Raises TokenizerError when vocab_size < 256 + len(special_tokens) and
+        OSError when a file cannot be read.
+        """
+        from llm_tokenizer.training import train_bpe
+
+        return train_bpe(
+            files_or_texts,
+            vocab_size,
+            pattern=pattern,
+            special_tokens=special_tokens,
+            min_frequency=min_frequency,
+            normalization=normalization,
+            show_progress=show_progress,
+        )
+
+    def save(self, path: str | os.PathLike[str], *, format: Literal["llm", "hf"] = "llm") -> None:
+        """Write this tokenizer as our JSON (`format="llm"`) or an HF tokenizer.json (`"hf"`).
+
+        Raises TokenizerError for `"hf"` on a tokenizer that HF's format cannot express
+        (sentencepiece kind, merges without a strict rank order) and OSError on write failure.
+        """
+        from llm_tokenizer.formats import save_tokenizer
+
+        save_tokenizer(self, path, format=format)
+
+    # -- properties of the vocabulary ----------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included (one more than the largest id)."""
+        return len(self.tokens)
+
+    def token_id(self, token: str) -> int | None:
+        """The id of a special or ordinary token string, or None."""
+        return self.special_tokens.get(token, self.token_to_id.get(token))
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """Id of the beginning-of-sequence token, or None."""
+        return self.token_id(self.bos_token) if self.bos_token is not None else None
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Ids that end generation: the eos token, then any extra ones (e.g. Llama 3's <|eot_id|>)."""
+        names = ([self.eos_token] if self.eos_token is not None else []) + list(
+            self.extra_eos_tokens
+        )
+        return tuple(dict.fromkeys(self.token_id(n) for n in names))  # type: ignore[misc]
+
+    @property
+    def pad_token_id(self) -> int | None:
+        """Id of the padding token, or None."""
+        return self.token_id(self.pad_token) if self.pad_token is not None else None
+
+    # -- encoding -------------------------------------------------------------------------
+
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: Literal["all"] | Collection[str] = "all",
+        disallowed_special: Literal["all"] | Collection[str] = (),
+        add_bos: bool = False,
+    ) -> list[int]:
+        """Token ids of `text`.
+
+        Special tokens in `allowed_special` (default: all, as HF tokenizers does) become their
+        ids; those in `disallowed_special` ("all": every special token not allowed) raise; any
+        other special token text is encoded as ordinary text. `add_bos` prepends the bos id.
+
+        Raises DisallowedSpecialTokenError when text contains a disallowed special token, and
+        TokenizerError for `add_bos` without a bos token.
+        """
+        ids: list[int] = []
+        if add_bos:
+            if self.bos_token_id is None:
+                raise TokenizerError("add_bos=True but this tokenizer has no bos token")
+            ids.append(self.bos_token_id)
+        if allowed_special == "all":
+            allowed = set(self.special_tokens)
+            special_regex = self._special_regex
+        else:
+            allowed = set(allowed_special)
+            unknown = allowed - self.special_tokens.keys()
+            if unknown:
+                raise TokenizerError(
+                    f"allowed_special names unknown special tokens {sorted(unknown)}"
+                )
+            special_regex = self._compile_special_regex(
+                {t: self.special_tokens[t] for t in allowed}
+            )
+        disallowed = (
+            set(self.special_tokens) - allowed
+            if disallowed_special == "all"
+            else set(disallowed_special) - allowed
+        )
+        if disallowed:
+            found = self._compile_special_regex(dict.fromkeys(disallowed, 0)).search(text)  # type: ignore[union-attr]
+            if found:
+                raise DisallowedSpecialTokenError(
+                    f"text contains the disallowed special token {found.group()!r} at character {found.start()}; "
+                    "pass allowed_special to encode it as a token or disallowed_special=() to encode it as text"
+                )
+        if special_regex is None:
+            ids += self._encode_segment(text, at_start=True)
+            return ids
+        start = 0
+        for match in special_regex.finditer(text):
+            if match.start() > start:
+                ids += self._encode_segment(text[start : match.start()], at_start=start == 0)
+            ids.append(self.special_tokens[match.group()])
+            start = match.end()
+        if start < len(text):
+            ids += self._encode_segment(text[start:], at_start=start == 0)
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of `text`, with special token text encoded as ordinary text."""
+        return self._encode_segment(text, at_start=True)
+
+    def encode_batch(self, texts: Iterable[str], **kwargs: Any) -> list[list[int]]:
+        """`encode` each text (same keyword arguments), sharing the word cache."""
+        return [self.encode(text, **kwargs) for text in texts]
+
+    def _encode_segment(self, text: str, *, at_start: bool) -> list[int]:
+        """Ids of text that holds no special token (`at_start`: it begins the whole input)."""
+        if not text:
+            return []
+        if self.normalization == "NFC":
+            text = unicodedata.normalize("NFC", text)
+        if self.kind == "byte_level":
+            if self.add_prefix_space and not text.startswith(" "):
+                text = " " + text
+            words = self._split(text) if self._split is not None else [text]
+            if self._split is not None and sum(map(len, words)) != len(text):
+                words = self._split_keeping_gaps(text)
+        else:
+            text = text.replace(" ", SPACE_MARKER)
+            scheme = self.prepend_scheme
+            if scheme == "legacy" or (
+                (scheme == "always" or (scheme == "first" and at_start))
+                and not text.startswith(SPACE_MARKER)
+            ):
+                text = SPACE_MARKER + text
+            words = _SPACE_SPLIT.findall(text) if self.split_on_space else [text]
+        return list(itertools.chain.from_iterable(map(self._word_ids.__getitem__, words)))
+
+    def _split_keeping_gaps(self, text: str) -> list[str]:
+        """Split like the pattern, keeping text between matches as pieces of its own."""
+        assert self.pattern is not None
+        pieces, start = [], 0
+        for match in regex.finditer(self.pattern, text):
+            if match.start() > start:
+                pieces.append(text[start : match.start()])
+            if match.end() > match.start():
+                pieces.append(match.group())
+            start = match.end()
+        if start < len(text):
+            pieces.append(text[start:])
+        return pieces
+
+    def _encode_byte_level_word(self, word: str) -> tuple[int, ...]:
+        if self.ignore_merges:
+            whole = self.token_to_id.get(
+                "".join(map(bytes_to_unicode().__getitem__, word.encode()))
+            )
+            if whole is not None:
+                return (whole,)
+        return tuple(merge_word(list(map(self._byte_ids.__getitem__, word.encode())), self.merges))
+
+    def _encode_sentencepiece_word(self, word: str) -> tuple[int, ...]:
+        if self.ignore_merges and word in self.token_to_id:
+            return (self.token_to_id[word],)
+        symbols: list[int] = []
+        last_was_unk = False
+        for char in word:
+            token_id = self.token_to_id.get(char)
+            if token_id is not None:
+                symbols.append(token_id)
+                last_was_unk = False
+                continue
+            if self.byte_fallback:
+                byte_ids = [self._byte_ids[b] for b in char.encode()]
+                if min(byte_ids) >= 0:
+                    symbols += byte_ids
+                    last_was_unk = False
+                    continue
+            if self._unk_id is not None and not last_was_unk:
+                symbols.append(self._unk_id)
+                last_was_unk = True
+        return tuple(merge_word(symbols, self.merges))
+
+    @staticmethod
+    def _compile_special_regex(special_tokens: Mapping[str, int]) -> regex.Pattern[str] | None:
+        """Alternation of the special tokens, longest first, so the longest match wins."""
+        if not special_tokens:
+            return None
+        return regex.compile(
+            "|".join(regex.escape(t) for t in sorted(special_tokens, key=len, reverse=True))
+        )
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def decode(
+        self, ids: Iterable[int], *, skip_special_tokens: bool = False, errors: str = "replace"
+    ) -> str:
+        """Text of `ids`; incomplete or invalid UTF-8 becomes U+FFFD under `errors="replace"`.
+
+        Raises TokenizerError when an id is outside [0, vocab_size).
+        """
+        return self.decode_bytes(ids, skip_special_tokens=skip_special_tokens).decode(
+            "utf-8", errors
+        )
+
+    def decode_bytes(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> bytes:
+        """The bytes that `ids` spell (SentencePiece's leading prefix space removed).
+
+        Raises TokenizerError when an id is outside [0, vocab_size).
+        """
+        data = self.token_bytes_of(ids, skip_special_tokens=skip_special_tokens)
+        if self.strips_leading_space and data.startswith(b" "):
+            data = data[1:]
+        return data
+
+    def token_bytes_of(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> bytes:
+        """The concatenated bytes of the tokens `ids`, nothing stripped.
+
+        Raises TokenizerError when an id is outside [0, vocab_size).
+        """
+        ids = list(ids)
+        if ids and (min(ids) < 0 or max(ids) >= len(self.tokens)):
+            bad = next(i for i in ids if not 0 <= i < len(self.tokens))
+            raise TokenizerError(
+                f"token id {bad} is outside the vocabulary [0, {len(self.tokens)})"
+            )
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._special_ids]
+        return b"".join(map(self.token_bytes.__getitem__, ids))
+
+    @property
+    def strips_leading_space(self) -> bool:
+        """Whether decoding drops one leading space (the "▁" that encoding prepends)."""
+        return self.kind == "sentencepiece" and self.prepend_scheme != "never"
+
+    def decode_stream(self, *, skip_special_tokens: bool = False) -> IncrementalDecoder:
+        """A decoder to feed ids one batch at a time; it returns only complete UTF-8 text."""
+        from llm_tokenizer.streaming import IncrementalDecoder
+
+        return IncrementalDecoder(self, skip_special_tokens=skip_special_tokens)
+
+    def _bytes_of(self, token_id: int, token: str) -> bytes:
+        if token_id in self._special_ids:
+            return token.encode()
+        if self.kind == "byte_level":
+            decoder = unicode_to_bytes()
+            if all(c in decoder for c in token):
+                return bytes(decoder[c] for c in token)
+            return token.encode()
+        byte = _BYTE_TOKEN.fullmatch(token)
+        if byte:
+            return bytes([int(byte.group(1), 16)])
+        return token.replace(SPACE_MARKER, " ").encode()
+
+    # -- chat -----------------------------------------------------------------------------
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        **kwargs: Any,
+    ) -> str:
+        """Render `messages` with this tokenizer's chat template (ChatML when it has none).
+
+        HF semantics: the template sees `messages`, `add_generation_prompt`, `bos_token`,
+        `eos_token` and any extra keyword arguments. Raises TokenizerError when the template
+        fails to render or calls `raise_exception`.
+        """
+        return render_chat_template(
+            self.chat_template or DEFAULT_CHAT_TEMPLATE,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "",
+            eos_token=self.eos_token or "",
+            **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, special_tokens={len(self.special_tokens)})"

@@ -1,0 +1,195 @@
+"""Training byte-level BPE: count words, then merge the most frequent pair until the vocabulary is full.
+
+Pair counts are updated incrementally: a merge touches only the words that contain its pair
+(an index pair -> words), and a max-heap with lazy deletion finds the next pair. Ties go to
+the smallest (left id, right id), which with GPT-2's byte order makes the merges the ones HF
+tokenizers' BpeTrainer picks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import regex
+
+from llm_tokenizer.errors import TokenizerError
+from llm_tokenizer.patterns import bytes_to_unicode, resolve_pattern
+from llm_tokenizer.tokenizer import Tokenizer
+
+
+def count_words(
+    files_or_texts: Iterable[str | os.PathLike[str]], pattern: str, normalization: str | None = None
+) -> Counter[str]:
+    """Pre-token frequencies over files (`os.PathLike`, read as UTF-8) and texts (`str`).
+
+    Special tokens are not removed here; pass texts without them. Raises OSError when a file
+    cannot be read.
+    """
+    split = regex.compile(pattern).findall
+    counts: Counter[str] = Counter()
+    for item in files_or_texts:
+        text = (
+            Path(item).read_text(encoding="utf-8", errors="replace")
+            if isinstance(item, os.PathLike)
+            else item
+        )
+        if normalization == "NFC":
+            text = unicodedata.normalize("NFC", text)
+        counts.update(split(text))
+    return counts
+
+
+def train_bpe(
+    files_or_texts: Iterable[str | os.PathLike[str]],
+    vocab_size: int,
+    *,
+    pattern: str = "gpt4",
+    special_tokens: Sequence[str] = (),
+    min_frequency: int = 2,
+    normalization: Literal["NFC"] | None = None,
+    show_progress: bool = False,
+) -> Tokenizer:
+    """Train a byte-level BPE tokenizer of `vocab_size` ids (256 bytes + merges + specials).
+
+    Ids 0-255 are the bytes in GPT-2's order, then merged tokens in the order learned, then
+    `special_tokens`. Merging stops early when no pair occurs `min_frequency` times. Raises
+    TokenizerError when vocab_size is smaller than 256 + len(special_tokens), and OSError when
+    a file cannot be read.
+    """
+    regex_pattern = resolve_pattern(pattern)
+    n_merges = vocab_size - 256 - len(special_tokens)
+    if n_merges < 0:
+        raise TokenizerError(
+            f"vocab_size {vocab_size} is smaller than 256 bytes + {len(special_tokens)} special tokens"
+        )
+    if len(set(special_tokens)) != len(special_tokens):
+        raise TokenizerError("special_tokens has duplicates")
+
+    byte_chars = bytes_to_unicode()
+    tokens = sorted(byte_chars.values())  # GPT-2's (and HF's) order: by the character's code point
+    byte_ids = {b: tokens.index(c) for b, c in byte_chars.items()}
+    word_counts = count_words(files_or_texts, regex_pattern, normalization)
+    words = [[byte_ids[b] for b in word.encode()] for word in word_counts]
+    counts = list(word_counts.values())
+    merges = _learn_merges(words, counts, tokens, n_merges, min_frequency, show_progress)
+    special = {token: len(tokens) + i for i, token in enumerate(special_tokens)}
+    return Tokenizer(
+        tokens,
+        merges,
+        kind="byte_level",
+        pattern=regex_pattern,
+        special_tokens=special,
+        normalization=normalization,
+    )
+
+
+def _learn_merges(
+    words: list[list[int]],
+    counts: list[int],
+    tokens: list[str],
+    n_merges: int,
+    min_frequency: int,
+    show_progress: bool,
+) -> list[tuple[int, int]]:
+    """Run the merge loop; appends new token strings to `tokens` and returns the merges in order."""
+    pair_counts: defaultdict[tuple[int, int], int] = defaultdict(int)
+    pair_words: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
+    for word_index, (word, count) in enumerate(zip(words, counts, strict=True)):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += count
+            pair_words[pair].add(word_index)
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+    token_ids = {token: i for i, token in enumerate(tokens)}
+    vocab_target = len(tokens) + n_merges
+    merges: list[tuple[int, int]] = []
+
+    progress = _progress(n_merges) if show_progress else None
+    while len(tokens) < vocab_target and heap:
+        negative_count, pair = heapq.heappop(heap)
+        count = pair_counts.get(pair, 0)
+        if count != -negative_count:  # stale entry: the pair's count fell since it was pushed
+            if count > 0:
+                heapq.heappush(heap, (-count, pair))
+            continue
+        if count < max(min_frequency, 1):
+            break
+        left, right = pair
+        merged_token = tokens[left] + tokens[right]
+        merged = token_ids.get(merged_token)
+        if merged is None:  # two different pairs can spell the same token; it keeps one id
+            merged = token_ids[merged_token] = len(tokens)
+            tokens.append(merged_token)
+        merges.append(pair)
+        grown = _apply_merge(pair, merged, words, counts, pair_counts, pair_words)
+        del pair_counts[pair], pair_words[pair]
+        for new_pair in grown:
+            if pair_counts[new_pair] > 0:
+                heapq.heappush(heap, (-pair_counts[new_pair], new_pair))
+        if progress is not None and len(merges) % 64 == 0:
+            progress[0].update(progress[1], completed=len(tokens) - (vocab_target - n_merges))
+    if progress is not None:
+        progress[0].update(progress[1], completed=n_merges)
+        progress[0].stop()
+    return merges
+
+
+def _apply_merge(
+    pair: tuple[int, int],
+    merged: int,
+    words: list[list[int]],
+    counts: list[int],
+    pair_counts: defaultdict[tuple[int, int], int],
+    pair_words: defaultdict[tuple[int, int], set[int]],
+) -> set[tuple[int, int]]:
+    """Merge `pair` in every word that holds it, left to right; return the pairs whose count grew."""
+    left, right = pair
+    grown: set[tuple[int, int]] = set()
+    for word_index in pair_words[pair]:
+        word = words[word_index]
+        count = counts[word_index]
+        at = 0
+        while True:
+            try:
+                at = word.index(left, at)
+            except ValueError:
+                break
+            if at + 1 >= len(word):
+                break
+            if word[at + 1] != right:
+                at += 1
+                continue
+            if at > 0:
+                before = word[at - 1]
+                pair_counts[(before, left)] -= count
+                new_pair = (before, merged)
+                pair_counts[new_pair] += count
+                pair_words[new_pair].add(word_index)
+                grown.add(new_pair)
+            if at + 2 < len(word):
+                after = word[at + 2]
+                pair_counts[(right, after)] -= count
+                new_pair = (merged, after)
+                pair_counts[new_pair] += count
+                pair_words[new_pair].add(word_index)
+                grown.add(new_pair)
+            word[at : at + 2] = [merged]
+            at += 1
+    return grown
+
+
+def _progress(total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("merges"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    )
+    task = progress.add_task("merges", total=total)
+    progress.start()
+    return progress, task
