@@ -9,6 +9,7 @@ tokenizers' BpeTrainer picks.
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
 import unicodedata
 from collections import Counter, defaultdict
@@ -101,7 +102,7 @@ def _learn_merges(
     pair_counts: defaultdict[tuple[int, int], int] = defaultdict(int)
     pair_words: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
     for word_index, (word, count) in enumerate(zip(words, counts, strict=True)):
-        for pair in zip(word, word[1:]):
+        for pair in itertools.pairwise(word):
             pair_counts[pair] += count
             pair_words[pair].add(word_index)
     heap = [(-count, pair) for pair, count in pair_counts.items()]
