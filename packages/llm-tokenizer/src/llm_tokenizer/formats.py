@@ -239,7 +239,6 @@ def _to_hf_json(tokenizer: Tokenizer) -> dict[str, Any]:
     ranks = [rank for _, (rank, _) in ordered]
     if len(set(ranks)) != len(ranks):
         raise TokenizerError("merges with equal ranks cannot be written as an HF merge list")
-    special_ids = set(tokenizer.special_tokens.values())
     byte_level = {
         "type": "ByteLevel",
         "add_prefix_space": tokenizer.add_prefix_space,
@@ -296,7 +295,9 @@ def _to_hf_json(tokenizer: Tokenizer) -> dict[str, Any]:
             "fuse_unk": False,
             "byte_fallback": False,
             "ignore_merges": tokenizer.ignore_merges,
-            "vocab": {t: i for i, t in enumerate(tokenizer.tokens) if i not in special_ids and t},
+            "vocab": {
+                t: i for i, t in enumerate(tokenizer.tokens) if t
+            },  # HF keeps special tokens here too
             "merges": [
                 [tokenizer.tokens[left], tokenizer.tokens[right]] for (left, right), _ in ordered
             ],

@@ -25,7 +25,9 @@ Kind = Literal["byte_level", "sentencepiece"]
 PrependScheme = Literal["always", "first", "legacy", "never"]
 
 SPACE_MARKER = "▁"  # U+2581, SentencePiece's stand-in for a space
-_SPACE_SPLIT = regex.compile(f"{SPACE_MARKER}*[^{SPACE_MARKER}]+|{SPACE_MARKER}+")
+_SPACE_SPLIT = regex.compile(
+    f"{SPACE_MARKER}[^{SPACE_MARKER}]*|[^{SPACE_MARKER}]+"
+)  # HF Metaspace split
 _BYTE_TOKEN = regex.compile(r"<0x([0-9A-Fa-f]{2})>")
 _CACHED_WORD_CHARS = 256  # longer pre-tokens are merged every time rather than cached
 
