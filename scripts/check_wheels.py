@@ -32,7 +32,7 @@ def main(dist: str) -> int:
         print(f"check_wheels: expected 10 wheels in {dist}, found {len(wheels)}", file=sys.stderr)
         return 1
     failed = []
-    for name, wheel in sorted(wheels.items()):
+    for name in sorted(wheels):
         closure, todo = set(), [name]
         while todo:  # the sibling wheels this one needs, transitively
             dep = todo.pop()
@@ -45,20 +45,34 @@ def main(dist: str) -> int:
             py = venv / "bin" / "python"
             steps = [
                 ["uv", "venv", "-q", "--python", sys.executable, str(venv)],
-                ["uv", "pip", "install", "-q", "--python", str(py), *(str(wheels[d]) for d in sorted(closure))],
+                [
+                    "uv",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--python",
+                    str(py),
+                    *(str(wheels[d]) for d in sorted(closure)),
+                ],
                 [str(py), "-c", f"import {module}; print({module}.__name__, {module}.__version__)"],
                 [str(venv / "bin" / name), "--version"],
             ]
             for step in steps:
                 result = subprocess.run(step, capture_output=True, text=True)
                 if result.returncode != 0:
-                    print(f"FAIL {name}: {' '.join(step[:3])}...\n{result.stderr.strip()}", file=sys.stderr)
+                    print(
+                        f"FAIL {name}: {' '.join(step[:3])}...\n{result.stderr.strip()}",
+                        file=sys.stderr,
+                    )
                     failed.append(name)
                     break
             else:
                 print(f"ok   {name} ({', '.join(sorted(closure - {name})) or 'no siblings'})")
     if failed:
-        print(f"check_wheels: {len(failed)} of {len(wheels)} failed: {', '.join(failed)}", file=sys.stderr)
+        print(
+            f"check_wheels: {len(failed)} of {len(wheels)} failed: {', '.join(failed)}",
+            file=sys.stderr,
+        )
         return 1
     print(f"check_wheels: all {len(wheels)} wheels install alone and import")
     return 0

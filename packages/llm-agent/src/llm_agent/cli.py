@@ -9,7 +9,10 @@ from llm_agent import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm-agent", description="Tool-calling agent loop for llm with sandboxed tools. No torch.")
+    parser = argparse.ArgumentParser(
+        prog="llm-agent",
+        description="Tool-calling agent loop for llm with sandboxed tools. No torch.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 

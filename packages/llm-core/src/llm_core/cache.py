@@ -36,7 +36,9 @@ class StaticKVCache:
         device: torch.device | str | None = None,
     ) -> None:
         if batch_size <= 0 or capacity <= 0:
-            raise ValueError(f"cache batch_size and capacity must be positive, got {batch_size}, {capacity}")
+            raise ValueError(
+                f"cache batch_size and capacity must be positive, got {batch_size}, {capacity}"
+            )
         shape = (n_layer, batch_size, n_kv_head, capacity, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, H_kv, S, D)
         self.v = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, H_kv, S, D)

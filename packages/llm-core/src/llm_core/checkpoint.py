@@ -287,12 +287,16 @@ def _read_safetensors(file: Path, *, check_format: bool) -> Iterator[tuple[str, 
     try:
         handle = safe_open(str(file), framework="pt")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{file}: not a valid safetensors file (truncated or corrupt: {exc})") from None
+        raise CheckpointError(
+            f"{file}: not a valid safetensors file (truncated or corrupt: {exc})"
+        ) from None
     with handle as f:
         if check_format:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
-                raise CheckpointError(f"{file}: metadata format {meta.get('format')!r} is not {FORMAT!r}")
+                raise CheckpointError(
+                    f"{file}: metadata format {meta.get('format')!r} is not {FORMAT!r}"
+                )
             if meta.get("format_version") != str(FORMAT_VERSION):
                 raise CheckpointError(
                     f"{file}: format_version {meta.get('format_version')!r} is not supported "

@@ -15,7 +15,13 @@ from llm_core import __version__
 from llm_core.config import ModelConfig
 from llm_core.errors import CheckpointError, LLMCoreError
 
-DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "f16": "float16", "fp32": "float32", "f32": "float32"}
+DTYPE_ALIASES = {
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "f16": "float16",
+    "fp32": "float32",
+    "f32": "float32",
+}
 
 
 def parse_count(text: str) -> int:
@@ -59,18 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     info = sub.add_parser("info", help="config, parameter count, dtype and size of a checkpoint")
-    info.add_argument("path", type=Path, help="checkpoint directory (ours or an HF model directory)")
+    info.add_argument(
+        "path", type=Path, help="checkpoint directory (ours or an HF model directory)"
+    )
     info.add_argument("--json", action="store_true", help="print one JSON object")
 
     est = sub.add_parser("estimate", help="weight, KV cache and activation bytes for a context")
-    est.add_argument("--config", type=Path, required=True, help="model config (.yaml, .json, .toml)")
-    est.add_argument("--context", type=parse_counts, required=True, help="tokens, e.g. 4096 or 32K,128K,1M")
+    est.add_argument(
+        "--config", type=Path, required=True, help="model config (.yaml, .json, .toml)"
+    )
+    est.add_argument(
+        "--context", type=parse_counts, required=True, help="tokens, e.g. 4096 or 32K,128K,1M"
+    )
     est.add_argument("--batch", type=parse_count, default=1, help="sequences (default 1)")
-    est.add_argument("--dtype", type=parse_dtype, default="bfloat16", help="bf16 (default), fp16 or fp32")
+    est.add_argument(
+        "--dtype", type=parse_dtype, default="bfloat16", help="bf16 (default), fp16 or fp32"
+    )
     est.add_argument("--json", action="store_true", help="print JSON lines")
 
     init = sub.add_parser("init", help="write a randomly initialised checkpoint for a config")
-    init.add_argument("--config", type=Path, required=True, help="model config (.yaml, .json, .toml)")
+    init.add_argument(
+        "--config", type=Path, required=True, help="model config (.yaml, .json, .toml)"
+    )
     init.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     init.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return parser

@@ -31,7 +31,9 @@ class ModelConfig(BaseModel):
     n_head: int = 12
     n_kv_head: int | None = None  # None: same as n_head (multi-head attention)
     head_size: int | None = None  # None: n_embd // n_head; HF's explicit head_dim otherwise
-    intermediate_size: int | None = None  # None: 4 * n_embd for gelu, Llama's 8/3 rounding for swiglu
+    intermediate_size: int | None = (
+        None  # None: 4 * n_embd for gelu, Llama's 8/3 rounding for swiglu
+    )
     max_seq_len: int = 2048
     rope_base: float = 10000.0
     position_encoding: Literal["rope", "sinusoidal"] = "rope"
@@ -54,9 +56,7 @@ class ModelConfig(BaseModel):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.head_size is None and self.n_embd % self.n_head:
-            raise ValueError(
-                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
-            )
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kv_head is not None:
             if self.n_kv_head <= 0:
                 raise ValueError(f"n_kv_head must be positive, got {self.n_kv_head}")
@@ -139,7 +139,9 @@ class ModelConfig(BaseModel):
             elif suffix == ".toml":
                 data = tomllib.loads(text)
             else:
-                raise ConfigError(f"{path}: unknown config format {suffix!r} (use .yaml, .json or .toml)")
+                raise ConfigError(
+                    f"{path}: unknown config format {suffix!r} (use .yaml, .json or .toml)"
+                )
         except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(f"{path}: not valid {suffix[1:].upper()}: {first}") from None

@@ -28,7 +28,11 @@ class MemoryEstimate:
 def parameter_count(config: ModelConfig) -> int:
     """Parameters of :class:`~llm_core.model.Transformer` built from ``config`` (tied head once)."""
     C, V, L = config.n_embd, config.vocab_size, config.n_layer
-    q_dim, kv_dim, ffn = config.n_head * config.head_dim, config.kv_heads * config.head_dim, config.ffn_dim
+    q_dim, kv_dim, ffn = (
+        config.n_head * config.head_dim,
+        config.kv_heads * config.head_dim,
+        config.ffn_dim,
+    )
     norm = C if config.norm == "rmsnorm" else 2 * C
     attn = C * q_dim + 2 * C * kv_dim + q_dim * C
     attn += (q_dim + 2 * kv_dim) if config.qkv_bias else 0
@@ -38,14 +42,18 @@ def parameter_count(config: ModelConfig) -> int:
     return V * C + L * (2 * norm + attn + mlp) + norm + head
 
 
-def kv_cache_bytes(config: ModelConfig, capacity: int, batch: int = 1, dtype: str = "bfloat16") -> int:
+def kv_cache_bytes(
+    config: ModelConfig, capacity: int, batch: int = 1, dtype: str = "bfloat16"
+) -> int:
     """Bytes of a :class:`~llm_core.cache.StaticKVCache` of ``capacity`` slots: keys, values and
     the per-slot positions, exactly as allocated."""
     kv = 2 * config.n_layer * batch * config.kv_heads * capacity * config.head_dim
     return kv * DTYPE_BYTES[dtype] + batch * capacity * POSITION_BYTES
 
 
-def activation_bytes(config: ModelConfig, tokens: int, batch: int = 1, dtype: str = "bfloat16") -> int:
+def activation_bytes(
+    config: ModelConfig, tokens: int, batch: int = 1, dtype: str = "bfloat16"
+) -> int:
     """Peak transient bytes of one inference forward over ``tokens`` tokens, layer by layer.
 
     Counts one layer's live tensors (residual stream, normed input, q/k/v, attention output,

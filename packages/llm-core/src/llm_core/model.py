@@ -81,8 +81,12 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        k = (
+            self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        )  # (B, Hkv, T, D)
+        v = (
+            self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        )  # (B, Hkv, T, D)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -163,7 +167,11 @@ class Transformer(nn.Module):
         std = self.config.init_std
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                scale = 1 / math.sqrt(2 * self.config.n_layer) if name.endswith(("o_proj", "down_proj")) else 1.0
+                scale = (
+                    1 / math.sqrt(2 * self.config.n_layer)
+                    if name.endswith(("o_proj", "down_proj"))
+                    else 1.0
+                )
                 nn.init.normal_(module.weight, mean=0.0, std=std * scale)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -223,7 +231,7 @@ class Transformer(nn.Module):
                 positions = cache.next_positions(T)  # (B, T)
             else:
                 positions = torch.arange(T, device=tokens.device).expand(B, T)  # (B, T)
-        elif positions.dim() == 1:
+        elif positions.dim() == 1 and positions.shape[0] == T:
             positions = positions.expand(B, T)
         if positions.shape != (B, T):
             raise ValueError(f"positions {tuple(positions.shape)} do not match tokens {(B, T)}")

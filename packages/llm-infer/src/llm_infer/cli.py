@@ -9,7 +9,10 @@ from llm_infer import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm-infer", description="Inference for llm: load(), sampling, Generator, Session, Engine.")
+    parser = argparse.ArgumentParser(
+        prog="llm-infer",
+        description="Inference for llm: load(), sampling, Generator, Session, Engine.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 

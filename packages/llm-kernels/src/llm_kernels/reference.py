@@ -82,8 +82,7 @@ def sdpa_attention(
 
     Numerically equal to :func:`attention` up to float rounding; used on CPU for speed.
     """
-    B, H, Tq, D = q.shape
-    H_kv = k.shape[1]
+    H, H_kv = q.shape[1], k.shape[1]
     mask = attention_mask(q_pos, k_pos, window=window, sink_tokens=sink_tokens)  # (B|1, 1, Tq, Tk)
     if H_kv != H:
         k = k.repeat_interleave(H // H_kv, dim=1)  # (B, H, Tk, D)

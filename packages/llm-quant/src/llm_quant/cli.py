@@ -9,7 +9,10 @@ from llm_quant import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm-quant", description="Quantization for llm: INT8 and Q4 schemes, quantized modules, GGUF reading.")
+    parser = argparse.ArgumentParser(
+        prog="llm-quant",
+        description="Quantization for llm: INT8 and Q4 schemes, quantized modules, GGUF reading.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 

@@ -9,7 +9,10 @@ from llm_rag import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm-rag", description="Retrieval for llm: chunking, embedders, indexes, prompt assembly. No torch.")
+    parser = argparse.ArgumentParser(
+        prog="llm-rag",
+        description="Retrieval for llm: chunking, embedders, indexes, prompt assembly. No torch.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 

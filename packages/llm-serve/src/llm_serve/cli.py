@@ -9,7 +9,9 @@ from llm_serve import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm-serve", description="OpenAI-compatible HTTP server for llm.")
+    parser = argparse.ArgumentParser(
+        prog="llm-serve", description="OpenAI-compatible HTTP server for llm."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 

@@ -9,7 +9,10 @@ from llm_train import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm-train", description="Training for llm: data preparation, loader, training loop, resume, distributed.")
+    parser = argparse.ArgumentParser(
+        prog="llm-train",
+        description="Training for llm: data preparation, loader, training loop, resume, distributed.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
