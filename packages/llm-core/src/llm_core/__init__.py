@@ -2,7 +2,7 @@
 
 from importlib.metadata import version as _version
 
-from llm_core.cache import StaticKVCache
+from llm_core.cache import KVCache, StaticKVCache
 from llm_core.checkpoint import load_model, save_model
 from llm_core.config import ModelConfig
 from llm_core.errors import CacheFullError, CheckpointError, ConfigError, LLMCoreError
@@ -15,6 +15,7 @@ __all__ = [
     "CacheFullError",
     "CheckpointError",
     "ConfigError",
+    "KVCache",
     "LLMCoreError",
     "MemoryEstimate",
     "ModelConfig",

@@ -8,11 +8,36 @@ masked by :attr:`StaticKVCache.key_positions`. Kernels mask by positions, never 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from llm_core.errors import CacheFullError
 
 EMPTY = -1  # position of a slot that holds nothing yet
+
+
+class KVCache(Protocol):
+    """What ``Transformer.forward`` needs from a cache; static, sink and paged caches provide it.
+
+    Per forward call: ``append(positions)`` once (``[B, T]``), then ``update(layer, k, v)`` per
+    layer, which stores this call's keys/values (``[B, H_kv, T, D]``) and returns every key and
+    value the layer's queries may see (``[B, H_kv, S, D]``), aligned with ``key_positions``
+    (``[B, S]``, negative for slots that hold nothing).
+    """
+
+    @property
+    def key_positions(self) -> torch.Tensor: ...
+
+    def next_positions(self, n: int) -> torch.Tensor: ...
+
+    def append(self, positions: torch.Tensor) -> None: ...
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def reset(self) -> None: ...
 
 
 class StaticKVCache:

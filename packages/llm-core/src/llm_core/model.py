@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from llm_kernels import apply_rope, attention, rms_norm, rope_cos_sin
 
-from llm_core.cache import StaticKVCache
+from llm_core.cache import KVCache, StaticKVCache
 from llm_core.config import ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -77,7 +77,7 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         q_pos: torch.Tensor,
         k_pos: torch.Tensor,
-        cache: StaticKVCache | None,
+        cache: KVCache | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -131,7 +131,7 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         q_pos: torch.Tensor,
         k_pos: torch.Tensor,
-        cache: StaticKVCache | None,
+        cache: KVCache | None,
     ) -> torch.Tensor:
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope, q_pos, k_pos, cache))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
@@ -219,7 +219,7 @@ class Transformer(nn.Module):
     def hidden_states(
         self,
         tokens: torch.Tensor,
-        cache: StaticKVCache | None = None,
+        cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states ``[B, T, n_embd]`` (the input of the LM head)."""
@@ -254,7 +254,7 @@ class Transformer(nn.Module):
     def forward(
         self,
         tokens: torch.Tensor,
-        cache: StaticKVCache | None = None,
+        cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, T, vocab_size]`` for ``tokens`` (``[B, T]``).
