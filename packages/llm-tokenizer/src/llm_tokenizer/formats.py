@@ -232,6 +232,11 @@ def _from_hf_json(data: dict[str, Any], config: dict[str, Any]) -> Tokenizer:
     )
 
 
+def hf_json(tokenizer: Tokenizer) -> str:
+    """See `Tokenizer.to_hf_json`."""
+    return json.dumps(_to_hf_json(tokenizer), ensure_ascii=False)
+
+
 def _to_hf_json(tokenizer: Tokenizer) -> dict[str, Any]:
     if tokenizer.kind != "byte_level":
         raise TokenizerError("only byte-level tokenizers can be written as HF tokenizer.json")

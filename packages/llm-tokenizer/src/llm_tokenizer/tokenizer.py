@@ -202,6 +202,7 @@ class Tokenizer:
         special_tokens: Sequence[str] = (),
         min_frequency: int = 2,
         normalization: Literal["NFC"] | None = None,
+        eos_token: str | None = None,
         show_progress: bool = False,
     ) -> Tokenizer:
         """Train a byte-level BPE tokenizer; see `llm_tokenizer.training.train_bpe`.
@@ -220,6 +221,7 @@ class Tokenizer:
             special_tokens=special_tokens,
             min_frequency=min_frequency,
             normalization=normalization,
+            eos_token=eos_token,
             show_progress=show_progress,
         )
 
@@ -233,6 +235,12 @@ class Tokenizer:
 
         save_tokenizer(self, path, format=format)
 
+    def to_hf_json(self) -> str:
+        """This tokenizer as an HF tokenizer.json string; raises TokenizerError as `save` does."""
+        from llm_tokenizer.formats import hf_json
+
+        return hf_json(self)
+
     # -- properties of the vocabulary ----------------------------------------------------
 
     @property
@@ -243,6 +251,16 @@ class Tokenizer:
     def token_id(self, token: str) -> int | None:
         """The id of a special or ordinary token string, or None."""
         return self.special_tokens.get(token, self.token_to_id.get(token))
+
+    @property
+    def cache_size(self) -> int:
+        """How many pre-tokens the word cache holds before it is cleared (0: no cache)."""
+        return self._word_ids.capacity
+
+    @cache_size.setter
+    def cache_size(self, entries: int) -> None:
+        self._word_ids.clear()
+        self._word_ids.capacity = entries
 
     @property
     def bos_token_id(self) -> int | None:

@@ -25,14 +25,18 @@ from llm_tokenizer.tokenizer import Tokenizer
 
 
 def count_words(
-    files_or_texts: Iterable[str | os.PathLike[str]], pattern: str, normalization: str | None = None
+    files_or_texts: Iterable[str | os.PathLike[str]],
+    pattern: str,
+    normalization: str | None = None,
+    special_tokens: Sequence[str] = (),
 ) -> Counter[str]:
     """Pre-token frequencies over files (`os.PathLike`, read as UTF-8) and texts (`str`).
 
-    Special tokens are not removed here; pass texts without them. Raises OSError when a file
-    cannot be read.
+    Occurrences of `special_tokens` are cut out first, as HF tokenizers' trainer does, so they
+    never feed a merge. Raises OSError when a file cannot be read.
     """
     split = regex.compile(pattern).findall
+    special = regex.compile("|".join(map(regex.escape, special_tokens))) if special_tokens else None
     counts: Counter[str] = Counter()
     for item in files_or_texts:
         text = (
@@ -40,9 +44,10 @@ def count_words(
             if isinstance(item, os.PathLike)
             else item
         )
-        if normalization == "NFC":
-            text = unicodedata.normalize("NFC", text)
-        counts.update(split(text))
+        for segment in special.split(text) if special is not None else (text,):
+            if normalization == "NFC":
+                segment = unicodedata.normalize("NFC", segment)
+            counts.update(split(segment))
     return counts
 
 
@@ -54,14 +59,16 @@ def train_bpe(
     special_tokens: Sequence[str] = (),
     min_frequency: int = 2,
     normalization: Literal["NFC"] | None = None,
+    eos_token: str | None = None,
     show_progress: bool = False,
 ) -> Tokenizer:
     """Train a byte-level BPE tokenizer of `vocab_size` ids (256 bytes + merges + specials).
 
     Ids 0-255 are the bytes in GPT-2's order, then merged tokens in the order learned, then
-    `special_tokens`. Merging stops early when no pair occurs `min_frequency` times. Raises
-    TokenizerError when vocab_size is smaller than 256 + len(special_tokens), and OSError when
-    a file cannot be read.
+    `special_tokens`. Merging stops early when no pair occurs `min_frequency` times. `eos_token`,
+    if given, must be one of `special_tokens`. Raises TokenizerError when vocab_size is smaller
+    than 256 + len(special_tokens) or eos_token is not a special token, and OSError when a file
+    cannot be read.
     """
     regex_pattern = resolve_pattern(pattern)
     n_merges = vocab_size - 256 - len(special_tokens)
@@ -71,11 +78,13 @@ def train_bpe(
         )
     if len(set(special_tokens)) != len(special_tokens):
         raise TokenizerError("special_tokens has duplicates")
+    if eos_token is not None and eos_token not in special_tokens:
+        raise TokenizerError(f"eos_token {eos_token!r} is not among the special tokens")
 
     byte_chars = bytes_to_unicode()
     tokens = sorted(byte_chars.values())  # GPT-2's (and HF's) order: by the character's code point
     byte_ids = {b: tokens.index(c) for b, c in byte_chars.items()}
-    word_counts = count_words(files_or_texts, regex_pattern, normalization)
+    word_counts = count_words(files_or_texts, regex_pattern, normalization, special_tokens)
     words = [[byte_ids[b] for b in word.encode()] for word in word_counts]
     counts = list(word_counts.values())
     merges = _learn_merges(words, counts, tokens, n_merges, min_frequency, show_progress)
@@ -87,6 +96,7 @@ def train_bpe(
         pattern=regex_pattern,
         special_tokens=special,
         normalization=normalization,
+        eos_token=eos_token,
     )
 
 
@@ -136,7 +146,7 @@ def _learn_merges(
         if progress is not None and len(merges) % 64 == 0:
             progress[0].update(progress[1], completed=len(tokens) - (vocab_target - n_merges))
     if progress is not None:
-        progress[0].update(progress[1], completed=n_merges)
+        progress[0].update(progress[1], total=len(merges), completed=len(merges))
         progress[0].stop()
     return merges
 
