@@ -1,0 +1,202 @@
+"""One request's decoding state: picks tokens from logits, turns them into text, decides when to stop.
+
+Shared by :class:`~llm_infer.llm.LLM`, :class:`~llm_infer.session.Session` and the
+:class:`~llm_infer.engine.Engine`, so every front end samples, streams and stops the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from llm_infer.protocols import Tokenizer
+from llm_infer.sampling import SamplingParams, process_logits
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The chosen token's log-probability and the ``top_logprobs`` most likely alternatives."""
+
+    token_id: int
+    logprob: float
+    top_logprobs: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one request; ``cached_tokens`` of the prompt came from the prefix cache."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The result of a request.
+
+    ``token_ids`` are every sampled token (a stop token included, as HF ``generate`` does);
+    ``text`` is their decoded text without special tokens and cut before any stop string.
+    """
+
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    usage: Usage
+    logprobs: list[TokenLogprob] | None = None
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text, holding back any tail that could start one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.longest = max(map(len, self.stops), default=0)
+        self.held = ""  # text that may be the start of a stop string
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Add ``text``; return ``(safe text to emit, whether a stop string was completed)``.
+
+        On a match, the emitted text ends right before the stop string.
+        """
+        if not self.stops:
+            return text, False
+        buf = self.held + text
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held = ""
+            return buf[: min(hits)], True
+        hold = next(
+            (
+                k
+                for k in range(min(len(buf), self.longest - 1), 0, -1)
+                if any(s.startswith(buf[-k:]) for s in self.stops)
+            ),
+            0,
+        )
+        self.held = buf[len(buf) - hold :]
+        return buf[: len(buf) - hold], False
+
+    def flush(self) -> str:
+        """The held-back text, released at the end of a generation that did not stop on it."""
+        text, self.held = self.held, ""
+        return text
+
+
+class Generation:
+    """Sampling, detokenization and stop rules for one request.
+
+    Feed each step's logits to :meth:`next_token`, then the chosen id to :meth:`append`, which
+    returns the newly completed text (always whole UTF-8 characters) until :attr:`finished`.
+    """
+
+    def __init__(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        tokenizer: Tokenizer,
+        vocab_size: int,
+        *,
+        cached_tokens: int = 0,
+    ) -> None:
+        self.params = params
+        self.prompt_ids = list(prompt_ids)
+        self.prompt_tokens = len(self.prompt_ids)
+        self.cached_tokens = cached_tokens
+        self.generator = (
+            torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        )
+        self.stop_ids = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            self.stop_ids.update(tokenizer.eos_token_ids)
+        self.banned = sorted(self.stop_ids) if params.min_tokens else []
+        self.seen: torch.Tensor | None = None  # (V,) bool: ids in prompt or output
+        if params.repetition_penalty != 1.0:
+            self.seen = torch.zeros(vocab_size, dtype=torch.bool)
+            self.seen[list(prompt_ids)] = True
+        self.counts: torch.Tensor | None = None  # (V,) output count of each id
+        if params.presence_penalty or params.frequency_penalty:
+            self.counts = torch.zeros(vocab_size, dtype=torch.int32)
+        self.decoder = tokenizer.decode_stream(skip_special_tokens=True)
+        self.stops = StopMatcher(params.stop)
+        self.token_ids: list[int] = []
+        self.text_parts: list[str] = []
+        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs else None
+        self.finish_reason: FinishReason | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    def next_token(self, logits: torch.Tensor) -> int:
+        """Pick the next id from the model's logits ``[V]`` for the last position."""
+        banned = self.banned if len(self.token_ids) < self.params.min_tokens else ()
+        seen = self.seen.nonzero().squeeze(1) if self.seen is not None else None  # (N,)
+        processed = process_logits(
+            logits, self.params, seen=seen, counts=self.counts, banned=banned
+        )  # (V,)
+        if self.params.greedy:
+            token = int(processed.argmax())
+        else:
+            probs = torch.softmax(processed, dim=-1)  # (V,)
+            token = int(torch.multinomial(probs, 1, generator=self.generator))
+        if self.logprobs is not None:
+            self.logprobs.append(self._logprob(logits, token))
+        return token
+
+    def _logprob(self, logits: torch.Tensor, token: int) -> TokenLogprob:
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (V,)
+        top: dict[int, float] = {}
+        if self.params.top_logprobs:
+            values, ids = torch.topk(logp, self.params.top_logprobs)
+            top = dict(zip(ids.tolist(), values.tolist(), strict=True))
+        return TokenLogprob(token, float(logp[token]), top)
+
+    def append(self, token: int) -> str:
+        """Record the sampled ``token``; return the text it completes (maybe "")."""
+        self.token_ids.append(token)
+        if self.seen is not None:
+            self.seen[token] = True
+        if self.counts is not None:
+            self.counts[token] += 1
+        if token in self.stop_ids:
+            return self._finish("stop")
+        text, stopped = self.stops.push(self.decoder.add([token]))
+        self.text_parts.append(text)
+        if stopped:
+            self.finish_reason = "stop"
+            return text
+        if len(self.token_ids) >= self.params.max_tokens:
+            return text + self._finish("length")
+        return text
+
+    def cancel(self) -> str:
+        """End the generation early (the engine's cancellation); returns the held text."""
+        return self._finish("cancelled")
+
+    def _finish(self, reason: FinishReason) -> str:
+        self.finish_reason = reason
+        text, _ = self.stops.push(self.decoder.finish())
+        text += self.stops.flush()
+        self.text_parts.append(text)
+        return text
+
+    def completion(self) -> Completion:
+        """The result so far; call once :attr:`finished`."""
+        usage = Usage(self.prompt_tokens, len(self.token_ids), self.cached_tokens)
+        return Completion(
+            self.text, list(self.token_ids), self.finish_reason or "length", usage, self.logprobs
+        )

@@ -1,0 +1,75 @@
+"""``load()``: a checkpoint directory, an HF model directory, a GGUF file or a bundled name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from llm_core import CheckpointError, load_model
+from llm_tokenizer import Tokenizer, TokenizerError
+
+from llm_infer.errors import LoadError
+from llm_infer.llm import LLM
+
+DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def load(
+    source: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> LLM:
+    """Load a model and its tokenizer, ready to generate.
+
+    ``source`` is an llm-core checkpoint directory or an HF Llama/Mistral/Qwen2 directory
+    (``config.json``, ``*.safetensors``, ``tokenizer.json``; the chat template is read from
+    ``tokenizer_config.json``). ``dtype`` is a torch dtype or its name (``"bf16"``, ...).
+
+    Raises :class:`LoadError` naming the path and what is wrong with it: missing, not a
+    model, no tokenizer, a tokenizer larger than the model's vocabulary, or a kind of source
+    that is not available yet (GGUF files, the bundled ``demo`` model).
+    """
+    if str(source) == "demo":
+        raise LoadError(
+            "the bundled demo model is not built yet; pass a checkpoint or HF model directory"
+        )
+    path = Path(source)
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise LoadError(f"{path}: no such GGUF file")
+        raise LoadError(f"{path}: GGUF needs llm-quant's GGUF reader (not available yet)")
+    if not path.exists():
+        raise LoadError(f"{path}: no such model directory (nor the name of a bundled model)")
+    if not (path / "tokenizer.json").is_file():
+        raise LoadError(f"{path}: no tokenizer.json beside the weights")
+    torch_dtype = _dtype(dtype)
+    try:
+        model = load_model(path, device=device, dtype=torch_dtype)
+    except CheckpointError as exc:
+        raise LoadError(str(exc)) from None
+    try:
+        tokenizer = Tokenizer.from_file(path)
+    except (TokenizerError, OSError) as exc:
+        raise LoadError(f"{path / 'tokenizer.json'}: {exc}") from None
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise LoadError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
+            f"vocabulary of {model.config.vocab_size}"
+        )
+    return LLM(model, tokenizer, source=str(path))
+
+
+def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPE_NAMES:
+        raise LoadError(f"unknown dtype {dtype!r} (use {', '.join(DTYPE_NAMES)})")
+    return DTYPE_NAMES[dtype]
