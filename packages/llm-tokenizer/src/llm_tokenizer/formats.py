@@ -38,6 +38,17 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
     raise TokenizerError(f"{path} is neither an llm-tokenizer file nor an HF tokenizer.json")
 
 
+def tokenizer_from_hf_json(text: str) -> Tokenizer:
+    """See `Tokenizer.from_hf_json`."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"not valid JSON: {e}") from None
+    if not isinstance(data, dict) or "model" not in data:
+        raise TokenizerError("not an HF tokenizer.json: no 'model'")
+    return _from_hf_json(data, {})
+
+
 def save_tokenizer(
     tokenizer: Tokenizer, path: str | os.PathLike[str], *, format: Literal["llm", "hf"]
 ) -> None:

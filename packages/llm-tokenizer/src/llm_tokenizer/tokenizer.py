@@ -183,6 +183,13 @@ class Tokenizer:
         return load_tokenizer(path)
 
     @classmethod
+    def from_hf_json(cls, text: str) -> Tokenizer:
+        """Build from the text of an HF tokenizer.json; raises TokenizerError as `from_file` does."""
+        from llm_tokenizer.formats import tokenizer_from_hf_json
+
+        return tokenizer_from_hf_json(text)
+
+    @classmethod
     def from_gguf(cls, metadata: Mapping[str, Any]) -> Tokenizer:
         """Build from GGUF metadata (`tokenizer.ggml.*` keys, `tokenizer.chat_template`).
 

@@ -1,0 +1,163 @@
+"""Tokenizer benchmark: llm-tokenizer vs HF tokenizers vs tiktoken, side by side, one thread.
+
+    uv run --frozen python benches/tokenizer.py [--vocab-size 8192] [--min-mb 10]
+
+Corpus: the Python standard library's sources (tests left out), one document per file,
+repeated until it reaches --min-mb. Both trainers get the same corpus, vocabulary size and
+GPT-2 pattern; encoding uses one vocabulary (HF's) loaded into all three libraries, and the
+ids are checked to agree. Prints a table and appends one JSON line to .bench/tokenizer.jsonl.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["RAYON_NUM_THREADS"] = "1"  # HF tokenizers: one thread, set before it is imported
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import argparse
+import datetime
+import json
+import platform
+import sysconfig
+import time
+from pathlib import Path
+
+import tiktoken
+from llm_tokenizer import Tokenizer
+from llm_tokenizer.patterns import GPT2_PATTERN
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+SPECIAL = ["<|endoftext|>"]
+
+
+def stdlib_documents(min_bytes: int) -> list[str]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "test", "tests", "idle_test"}
+    files = [p for p in sorted(root.rglob("*.py")) if not skip & set(p.relative_to(root).parts)]
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
+    documents, size = [], 0
+    while size < min_bytes:
+        for text in texts:
+            documents.append(text)
+            size += len(text.encode())
+    return documents
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def train_hf(documents: list[str], vocab_size: int) -> HFTokenizer:
+    tokenizer = HFTokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(documents, trainer)
+    return tokenizer
+
+
+def to_tiktoken(tokenizer: Tokenizer) -> tiktoken.Encoding:
+    """Our byte-level vocabulary as a tiktoken Encoding: rank = id (ids follow merge order)."""
+    special = set(tokenizer.special_tokens.values())
+    ranks = {tokenizer.token_bytes[i]: i for i in range(tokenizer.vocab_size) if i not in special}
+    return tiktoken.Encoding(
+        "bench",
+        pat_str=tokenizer.pattern,
+        mergeable_ranks=ranks,
+        special_tokens=tokenizer.special_tokens,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--min-mb", type=float, default=10.0, help="corpus size in MB (UTF-8)")
+    args = parser.parse_args()
+
+    documents = stdlib_documents(int(args.min_mb * 1e6))
+    megabytes = sum(len(d.encode()) for d in documents) / 1e6
+
+    # Training: same corpus, vocabulary size, pattern (GPT-2's) and min_frequency.
+    hf, hf_train_s = timed(lambda: train_hf(documents, args.vocab_size))
+    ours_trained, ours_train_s = timed(
+        lambda: Tokenizer.train(
+            documents, args.vocab_size, pattern="gpt2", special_tokens=SPECIAL, min_frequency=2
+        )
+    )
+    hf_merges = [tuple(m) for m in json.loads(hf.to_str())["model"]["merges"]]
+    our_merges = [
+        (ours_trained.tokens[a], ours_trained.tokens[b])
+        for (a, b), _ in sorted(ours_trained.merges.items(), key=lambda item: item[1][0])
+    ]
+    same_merges = sum(a == b for a, b in zip(our_merges, hf_merges, strict=False)) / len(hf_merges)
+
+    # Encoding: one vocabulary (HF's trained one) in all three libraries.
+    ours = Tokenizer.from_hf_json(hf.to_str())
+    enc = to_tiktoken(ours)
+    assert ours.pattern == GPT2_PATTERN
+    hf_ids, hf_encode_s = timed(lambda: [e.ids for e in map(hf.encode, documents)])
+    hf_fast_ids, hf_fast_s = timed(lambda: [e.ids for e in hf.encode_batch_fast(documents)])
+    tiktoken_ids, tiktoken_s = timed(lambda: [enc.encode_ordinary(d) for d in documents])
+    ours_cold_ids, ours_cold_s = timed(lambda: [ours.encode(d) for d in documents])
+    ours_warm_ids, ours_warm_s = timed(lambda: [ours.encode(d) for d in documents])
+    assert ours_cold_ids == ours_warm_ids == hf_ids == hf_fast_ids, (
+        "llm-tokenizer and HF tokenizers disagree"
+    )
+    tiktoken_agree = sum(a == b for a, b in zip(tiktoken_ids, hf_ids, strict=True)) / len(documents)
+
+    rows = [
+        ("train: HF tokenizers", hf_train_s, None),
+        ("train: llm-tokenizer", ours_train_s, None),
+        ("encode: HF tokenizers encode()", hf_encode_s, megabytes / hf_encode_s),
+        ("encode: HF tokenizers encode_batch_fast()", hf_fast_s, megabytes / hf_fast_s),
+        ("encode: tiktoken encode_ordinary()", tiktoken_s, megabytes / tiktoken_s),
+        ("encode: llm-tokenizer, cold word cache", ours_cold_s, megabytes / ours_cold_s),
+        ("encode: llm-tokenizer, warm word cache", ours_warm_s, megabytes / ours_warm_s),
+    ]
+    print(
+        f"corpus: {len(documents)} documents, {megabytes:.1f} MB; vocab {args.vocab_size}; one thread"
+    )
+    print(f"{'':44}{'seconds':>9}{'MB/s':>8}")
+    for name, seconds, rate in rows:
+        print(f"{name:44}{seconds:9.2f}{'' if rate is None else f'{rate:8.2f}'}")
+    ratios = {
+        "train_time_ours_over_hf": ours_train_s / hf_train_s,
+        "encode_speed_ours_cold_over_hf_encode": hf_encode_s / ours_cold_s,
+        "encode_speed_ours_cold_over_hf_batch_fast": hf_fast_s / ours_cold_s,
+        "encode_speed_ours_warm_over_hf_encode": hf_encode_s / ours_warm_s,
+        "encode_speed_ours_cold_over_tiktoken": tiktoken_s / ours_cold_s,
+    }
+    for name, value in ratios.items():
+        print(f"{name:44}{value:9.2f}x")
+    print(
+        f"merges identical to HF's: {same_merges:.2%}; tiktoken ids agree on {tiktoken_agree:.2%} of documents"
+    )
+
+    record = {
+        "bench": "tokenizer",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}",
+        "corpus_mb": round(megabytes, 2),
+        "vocab_size": args.vocab_size,
+        "seconds": {name: round(seconds, 3) for name, seconds, _ in rows},
+        "ratios": {name: round(value, 3) for name, value in ratios.items()},
+        "merges_identical_to_hf": round(same_merges, 4),
+        "tiktoken_documents_agree": round(tiktoken_agree, 4),
+    }
+    Path(".bench").mkdir(exist_ok=True)
+    with open(".bench/tokenizer.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
