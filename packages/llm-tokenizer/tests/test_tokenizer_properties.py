@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import regex
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from llm_tokenizer import Tokenizer
+from llm_tokenizer import PATTERNS, Tokenizer
 
 settings.register_profile("llm-tokenizer", max_examples=200, deadline=None)
 settings.load_profile("llm-tokenizer")
@@ -89,3 +90,29 @@ def test_cache_does_not_change_encoding(byte_level, sentencepiece, text):
         tiny = [tokenizer.encode(text), tokenizer.encode(text)]
         tokenizer.cache_size = 1 << 18
         assert uncached == tiny[0] == tiny[1] == tokenizer.encode(text) == tokenizer.encode(text)
+
+
+@pytest.fixture(scope="module")
+def hf_pairs(hf_byte_level, hf_metaspace, hf_split_pattern):
+    """(HF tokenizer, ours loaded from its tokenizer.json) for each HF pipeline we read."""
+    return [
+        (hf, Tokenizer.from_hf_json(hf.to_str()))
+        for hf in (hf_byte_level, hf_metaspace, hf_split_pattern)
+    ]
+
+
+@given(
+    text=texts
+    | st.text(
+        st.sampled_from(" \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u1680\u2000\u2028\u200b\u3000\ufeffa1'_"),
+        max_size=30,
+    )
+)
+def test_arbitrary_text_matches_hf(hf_pairs, text):
+    for hf, ours in hf_pairs:
+        assert ours.encode(text) == hf.encode(text, add_special_tokens=False).ids
+
+
+@given(text=texts)
+def test_gpt4_and_llama3_patterns_split_alike(text):
+    assert regex.findall(PATTERNS["gpt4"], text) == regex.findall(PATTERNS["llama3"], text)
