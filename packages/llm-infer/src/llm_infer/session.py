@@ -1,0 +1,108 @@
+"""``Session``: a multi-turn chat that keeps its KV cache between turns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from llm_infer.generation import Completion, Generation
+from llm_infer.llm import LLM, decode_n_tokens, prefill
+
+
+class Session:
+    """A conversation with one model: each :meth:`send` feeds only the new turn's tokens.
+
+    The conversation is rendered by the tokenizer's chat template; when the rendering of the
+    history is a prefix of the new rendering (the usual case), the tokens already in the cache
+    are reused and only the rest is prefilled. Otherwise the cache is refilled from scratch.
+
+    ``cache_kind="static"`` (default) holds ``capacity`` tokens (default: the model's context)
+    and raises :class:`~llm_infer.errors.ContextLengthError` beyond it. ``cache_kind="sink"``
+    (a ring of sink tokens + a window, constant memory) never runs out; ``cache_options``
+    (``window``, ``sink_tokens``, ``position_mode``) go to the model's ``new_cache``.
+    """
+
+    def __init__(
+        self,
+        llm: LLM,
+        *,
+        system: str | None = None,
+        cache_kind: str = "static",
+        capacity: int | None = None,
+        **cache_options: Any,
+    ) -> None:
+        self.llm = llm
+        self.system = system
+        self.cache = llm.model.new_cache(1, capacity, kind=cache_kind, **cache_options)
+        self.unbounded = getattr(self.cache, "kind", cache_kind) == "sink"
+        self.limit = None if self.unbounded else getattr(self.cache, "capacity", capacity)
+        self.messages: list[dict[str, str]] = []
+        self._clear()
+
+    def _clear(self) -> None:
+        self.cache.reset()
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self._text = ""  # the rendered text whose tokens are in the cache (or pending)
+        self._pending: list[int] = []  # the last sampled token, not yet fed
+        self.position = 0  # tokens fed so far: the position of the next one
+
+    def reset(self) -> None:
+        """Forget the conversation (the system prompt stays); the cache is kept for reuse."""
+        self._clear()
+
+    def send(self, text: str, **params: Any) -> Completion:
+        """The assistant's reply to the user's ``text``; sampling keywords as for ``LLM``.
+
+        ``usage.cached_tokens`` counts the earlier turns' tokens reused from the cache. Raises
+        ``SamplingError`` and, with a static cache, ``ContextLengthError`` naming the limit and
+        the length asked for.
+        """
+        generation = self._start(text, params)
+        for _ in self._run(generation):
+            pass
+        return generation.completion()
+
+    def stream(self, text: str, **params: Any) -> Iterator[str]:
+        """:meth:`send`, yielding the reply's text deltas (errors raised before the first)."""
+        generation = self._start(text, params)
+        return (delta for delta in self._run(generation) if delta)
+
+    def _start(self, text: str, params: dict[str, Any]) -> Generation:
+        llm = self.llm
+        sp = llm.sampling_params(**params)
+        messages = [*self.messages, {"role": "user", "content": text}]
+        rendered = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        held = self.position
+        if held and rendered.startswith(self._text):
+            new_ids = self._pending + llm.tokenizer.encode(rendered[len(self._text) :])
+        else:
+            held, new_ids = 0, llm.encode_prompt(rendered)
+        if not self.unbounded:
+            llm.check_length(held, len(new_ids), sp.max_tokens, limit=self.limit)
+        if held == 0 and self.position:
+            self.cache.reset()
+            self.position = 0
+        generation = Generation(new_ids, sp, llm.tokenizer, llm.vocab_size, cached_tokens=held)
+        self._turn = (messages, rendered)
+        return generation
+
+    @torch.inference_mode()
+    def _run(self, generation: Generation) -> Iterator[str]:
+        model, ids = self.llm.model, generation.prompt_ids
+        start, n = self.position, len(ids)
+        device = model.device
+        tokens = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+        positions = torch.arange(start, start + n, device=device).unsqueeze(0)  # (1, T)
+        self._text, self.position = "", 0  # until the turn completes, the cache is in flux
+        logits = prefill(model, tokens, self.cache, positions)  # (1, V)
+        token = generation.next_token(logits[0])
+        yield generation.append(token)
+        yield from decode_n_tokens(model, self.cache, generation, token, start + n)
+        messages, rendered = self._turn
+        out = generation.token_ids
+        self.position = start + n + len(out) - 1
+        self._pending = out[-1:]
+        self._text = rendered + self.llm.tokenizer.decode(out)
+        self.messages = [*messages, {"role": "assistant", "content": generation.text}]
