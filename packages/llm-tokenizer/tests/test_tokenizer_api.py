@@ -121,3 +121,13 @@ def test_bad_files_are_clear_errors(tmp_path):
         Tokenizer.from_file(tmp_path / "other.json")
     with pytest.raises(TokenizerError, match="without a tokenizer.json"):
         Tokenizer.from_file(tmp_path)
+
+
+def test_custom_pattern_with_groups_and_gaps_loses_no_byte():
+    """Whole matches count even when the regex has groups; text between matches is kept."""
+    tokenizer = Tokenizer.train(["hello world hello"], 262, pattern=r"(\w+)| ", min_frequency=1)
+    text = "hi, hello!\n"
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert tokenizer.token_id("hello") in tokenizer.encode(text)
+    with pytest.raises(TokenizerError, match="neither a name"):
+        Tokenizer.train(["x"], 256, pattern="(unclosed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import regex
 
@@ -51,6 +52,14 @@ def resolve_pattern(name_or_regex: str) -> str:
     if compiled.match("") is not None:
         raise TokenizerError(f"pattern {name_or_regex!r} matches the empty string")
     return name_or_regex
+
+
+def compile_splitter(pattern: str) -> Callable[[str], list[str]]:
+    """A function returning the pattern's matches in order (whole matches, even with groups)."""
+    compiled = regex.compile(pattern)
+    if compiled.groups == 0:
+        return compiled.findall
+    return lambda text: [match.group() for match in compiled.finditer(text)]
 
 
 def pattern_name(pattern: str) -> str | None:

@@ -13,7 +13,12 @@ import regex
 from llm_tokenizer.bpe import Merges, merge_word
 from llm_tokenizer.chat import DEFAULT_CHAT_TEMPLATE, render_chat_template
 from llm_tokenizer.errors import DisallowedSpecialTokenError, TokenizerError
-from llm_tokenizer.patterns import bytes_to_unicode, resolve_pattern, unicode_to_bytes
+from llm_tokenizer.patterns import (
+    bytes_to_unicode,
+    compile_splitter,
+    resolve_pattern,
+    unicode_to_bytes,
+)
 
 if TYPE_CHECKING:
     from llm_tokenizer.streaming import IncrementalDecoder
@@ -25,9 +30,8 @@ Kind = Literal["byte_level", "sentencepiece"]
 PrependScheme = Literal["always", "first", "legacy", "never"]
 
 SPACE_MARKER = "▁"  # U+2581, SentencePiece's stand-in for a space
-_SPACE_SPLIT = regex.compile(
-    f"{SPACE_MARKER}[^{SPACE_MARKER}]*|[^{SPACE_MARKER}]+"
-)  # HF Metaspace split
+# HF Metaspace's split: every "▁" starts a new piece ("a▁▁b" -> "a", "▁", "▁b").
+_SPACE_SPLIT = regex.compile(f"{SPACE_MARKER}[^{SPACE_MARKER}]*|[^{SPACE_MARKER}]+")
 _BYTE_TOKEN = regex.compile(r"<0x([0-9A-Fa-f]{2})>")
 _CACHED_WORD_CHARS = 256  # longer pre-tokens are merged every time rather than cached
 
@@ -93,8 +97,15 @@ class Tokenizer:
             cache_size: pre-tokens whose ids are cached (0 disables the cache).
 
         Raises TokenizerError when a merge produces a token missing from `tokens`, an id is
-        out of range, or a named token (bos, eos, pad, unk) is not in the vocabulary.
+        out of range, a named token (bos, eos, pad, unk) is not in the vocabulary, a byte-level
+        vocabulary lacks one of the 256 byte tokens, or an option has an unknown value.
         """
+        if kind not in ("byte_level", "sentencepiece"):
+            raise TokenizerError(f"unknown tokenizer kind {kind!r}")
+        if prepend_scheme not in ("always", "first", "legacy", "never"):
+            raise TokenizerError(f"unknown prepend_scheme {prepend_scheme!r}")
+        if normalization not in (None, "NFC"):
+            raise TokenizerError(f"unsupported normalization {normalization!r}; only NFC")
         special_tokens = dict(special_tokens or {})
         size = max([len(tokens) - 1, *special_tokens.values()]) + 1
         table = list(tokens) + [""] * (size - len(tokens))
@@ -159,7 +170,7 @@ class Tokenizer:
         else:
             self._byte_ids = [self.token_to_id.get(f"<0x{b:02X}>", -1) for b in range(256)]
         self._unk_id = self.token_id(unk_token) if unk_token is not None else None
-        self._split = regex.compile(self.pattern).findall if self.pattern is not None else None
+        self._split = compile_splitter(self.pattern) if self.pattern is not None else None
         self._special_regex = self._compile_special_regex(special_tokens)
         self._word_ids = _WordCache(
             self._encode_byte_level_word

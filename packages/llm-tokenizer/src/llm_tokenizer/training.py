@@ -20,7 +20,7 @@ from typing import Literal
 import regex
 
 from llm_tokenizer.errors import TokenizerError
-from llm_tokenizer.patterns import bytes_to_unicode, resolve_pattern
+from llm_tokenizer.patterns import bytes_to_unicode, compile_splitter, resolve_pattern
 from llm_tokenizer.tokenizer import Tokenizer
 
 
@@ -35,7 +35,7 @@ def count_words(
     Occurrences of `special_tokens` are cut out first, as HF tokenizers' trainer does, so they
     never feed a merge. Raises OSError when a file cannot be read.
     """
-    split = regex.compile(pattern).findall
+    split = compile_splitter(pattern)
     special = regex.compile("|".join(map(regex.escape, special_tokens))) if special_tokens else None
     counts: Counter[str] = Counter()
     for item in files_or_texts:
