@@ -123,9 +123,9 @@ def test_transformers_4x_config_loads(tmp_path):
         ),
         (
             lambda r: r.update(
-                rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}
+                rope_parameters={"rope_type": "longrope", "rope_theta": 1e4, "factor": 8.0}
             ),
-            "rope type 'llama3'",
+            "rope type 'longrope'",
         ),
         (
             lambda r: (

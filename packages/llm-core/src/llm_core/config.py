@@ -15,6 +15,42 @@ from llm_core.errors import ConfigError
 DType = Literal["float32", "bfloat16", "float16"]
 
 
+class RopeScaling(BaseModel):
+    """How RoPE reaches positions past the training length (``original_max_seq_len``).
+
+    - ``linear``: positions divided by ``factor`` (position interpolation).
+    - ``ntk``: NTK-aware, ``base' = base * s^(d/(d-2))`` with ``s = factor``.
+    - ``dynamic_ntk``: NTK with ``s`` recomputed from the current length ``L`` as HF does:
+      ``base * ((factor * L / L0) - (factor - 1))^(d/(d-2))``, unchanged while ``L <= L0``.
+    - ``yarn``: YaRN's per-frequency blend of interpolation and extrapolation, with its
+      attention scaling (``beta_fast``, ``beta_slow``, ``attention_factor``, ``mscale*``).
+    - ``llama3``: Llama 3.1's smoothed per-wavelength scaling (``low/high_freq_factor``).
+
+    ``factor`` defaults to ``max_seq_len / original_max_seq_len``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["linear", "ntk", "dynamic_ntk", "yarn", "llama3"]
+    factor: float | None = None
+    beta_fast: float = 32.0  # yarn
+    beta_slow: float = 1.0  # yarn
+    attention_factor: float | None = None  # yarn; None: 0.1 * ln(factor) + 1
+    mscale: float | None = None  # yarn (DeepSeek-style attention factor)
+    mscale_all_dim: float | None = None  # yarn
+    truncate: bool = True  # yarn: round the correction range to whole dimensions
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+
+    @model_validator(mode="after")
+    def _check(self) -> RopeScaling:
+        if self.factor is not None and self.factor <= 0:
+            raise ValueError(f"rope_scaling.factor must be positive, got {self.factor}")
+        if self.type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError("rope_scaling.high_freq_factor must exceed low_freq_factor")
+        return self
+
+
 class ModelConfig(BaseModel):
     """Shape and architecture of a decoder-only Transformer.
 
@@ -35,7 +71,9 @@ class ModelConfig(BaseModel):
         None  # None: 4 * n_embd for gelu, Llama's 8/3 rounding for swiglu
     )
     max_seq_len: int = 2048
+    original_max_seq_len: int | None = None  # training context; None: max_seq_len
     rope_base: float = 10000.0
+    rope_scaling: RopeScaling | None = None
     position_encoding: Literal["rope", "sinusoidal"] = "rope"
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     norm_eps: float = 1e-5
@@ -46,6 +84,8 @@ class ModelConfig(BaseModel):
     dropout: float = 0.0  # residual dropout, applied in training only
     window_size: int | None = None  # sliding-window attention; None: full causal attention
     sink_tokens: int = 0  # keys at positions < sink_tokens are always visible (with a window)
+    kv_cache_capacity: int | None = None  # default slots of a static cache; None: max_seq_len
+    position_mode: Literal["absolute", "cache"] = "absolute"  # how a sink cache positions keys
     init_std: float = 0.02
     dtype: DType = "float32"
 
@@ -80,6 +120,16 @@ class ModelConfig(BaseModel):
             raise ValueError(f"window_size must be positive, got {self.window_size}")
         if self.sink_tokens < 0:
             raise ValueError(f"sink_tokens must be >= 0, got {self.sink_tokens}")
+        if self.sink_tokens and self.window_size is None:
+            raise ValueError("sink_tokens needs window_size: sinks only matter with a window")
+        if self.original_max_seq_len is not None and self.original_max_seq_len <= 0:
+            raise ValueError(
+                f"original_max_seq_len must be positive, got {self.original_max_seq_len}"
+            )
+        if self.kv_cache_capacity is not None and self.kv_cache_capacity <= 0:
+            raise ValueError(f"kv_cache_capacity must be positive, got {self.kv_cache_capacity}")
+        if self.rope_scaling is not None and self.position_encoding != "rope":
+            raise ValueError("rope_scaling needs position_encoding 'rope'")
         return self
 
     # -- derived values ------------------------------------------------------------------
@@ -93,6 +143,18 @@ class ModelConfig(BaseModel):
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def training_seq_len(self) -> int:
+        """The context the model was trained at (``original_max_seq_len`` or ``max_seq_len``)."""
+        return self.original_max_seq_len or self.max_seq_len
+
+    @property
+    def rope_factor(self) -> float:
+        """The context scale of ``rope_scaling``: its ``factor``, or ``max_seq_len / L0``."""
+        if self.rope_scaling is not None and self.rope_scaling.factor is not None:
+            return self.rope_scaling.factor
+        return self.max_seq_len / self.training_seq_len
 
     @property
     def ffn_dim(self) -> int:

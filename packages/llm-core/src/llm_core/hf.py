@@ -17,7 +17,17 @@ SUPPORTED_ARCHITECTURES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
 }
-SUPPORTED_ROPE_TYPES = ("default",)
+HF_ROPE_TYPES = {
+    "default": None,
+    "linear": "linear",
+    "dynamic": "dynamic_ntk",
+    "yarn": "yarn",
+    "llama3": "llama3",
+}
+ROPE_KEYS = (
+    "factor", "beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate",
+    "low_freq_factor", "high_freq_factor",
+)  # fmt: skip
 
 
 def hf_config_to_model_config(raw: dict[str, Any], *, source: str = "config.json") -> ModelConfig:
@@ -32,11 +42,12 @@ def hf_config_to_model_config(raw: dict[str, Any], *, source: str = "config.json
         raise refuse(f"hidden_act {raw['hidden_act']!r} (only 'silu')")
     if raw.get("mlp_bias"):
         raise refuse("mlp_bias=true")
-    if family == "qwen2" and raw.get("use_sliding_window"):
-        raise refuse("use_sliding_window=true with per-layer windows")
-    theta, rope_type = _rope(raw)
-    if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise refuse(f"rope type {rope_type!r} (supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
+    window = _window(raw, family)
+    if window == -1:
+        raise refuse("a mix of sliding-window and full-attention layers")
+    theta, rope_type, rope_params = _rope(raw)
+    if rope_type not in HF_ROPE_TYPES:
+        raise refuse(f"rope type {rope_type!r} (supported: {', '.join(HF_ROPE_TYPES)})")
 
     try:
         hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
@@ -68,8 +79,17 @@ def hf_config_to_model_config(raw: dict[str, Any], *, source: str = "config.json
         o_bias=bias,
         dtype=_dtype(raw),
     )
-    if family == "mistral" and raw.get("sliding_window") is not None:
-        fields["window_size"] = int(raw["sliding_window"])
+    if window is not None:
+        fields["window_size"] = window
+    if HF_ROPE_TYPES[rope_type] is not None:
+        fields["rope_scaling"] = {"type": HF_ROPE_TYPES[rope_type]} | {
+            k: rope_params[k] for k in ROPE_KEYS if rope_params.get(k) is not None
+        }
+        if rope_type in ("yarn", "llama3"):  # measured from the pre-training context
+            original = rope_params.get("original_max_position_embeddings")
+            fields["original_max_seq_len"] = int(original or fields["max_seq_len"])
+        else:  # linear and dynamic scale from max_position_embeddings itself
+            fields["original_max_seq_len"] = fields["max_seq_len"]
     try:
         return ModelConfig.from_dict(fields, source=source)
     except ConfigError as exc:
@@ -99,19 +119,30 @@ def _family(raw: dict[str, Any], source: str) -> str:
     raise CheckpointError(f"{source}: model_type {model_type!r} is not supported")
 
 
-def _rope(raw: dict[str, Any]) -> tuple[float, str]:
-    """``(theta, rope_type)`` from a 4.x (``rope_theta``/``rope_scaling``) or 5.x config."""
-    params = raw.get("rope_parameters") or {}
-    scaling = raw.get("rope_scaling") or {}
+def _rope(raw: dict[str, Any]) -> tuple[float, str, dict[str, Any]]:
+    """``(theta, rope_type, parameters)`` from a 4.x (``rope_theta``/``rope_scaling``) or a 5.x
+    (``rope_parameters``) config."""
+    params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
     theta = raw.get("rope_theta", params.get("rope_theta", 10000.0))
-    rope_type = (
-        params.get("rope_type")
-        or params.get("type")
-        or scaling.get("rope_type")
-        or scaling.get("type")
-        or "default"
-    )
-    return float(theta), str(rope_type)
+    rope_type = params.get("rope_type") or params.get("type") or "default"
+    return float(theta), str(rope_type), params
+
+
+def _window(raw: dict[str, Any], family: str) -> int | None:
+    """The sliding window every layer uses, None for full attention, -1 for a per-layer mix."""
+    window = raw.get("sliding_window")
+    if family == "mistral":
+        return None if window is None else int(window)
+    if family != "qwen2" or not raw.get("use_sliding_window") or window is None:
+        return None
+    n_layer = int(raw.get("num_hidden_layers", 0))
+    layer_types = raw.get("layer_types") or [
+        "sliding_attention" if i >= int(raw.get("max_window_layers", 0)) else "full_attention"
+        for i in range(n_layer)
+    ]
+    if all(t == "sliding_attention" for t in layer_types):
+        return int(window)
+    return None if all(t == "full_attention" for t in layer_types) else -1
 
 
 def _dtype(raw: dict[str, Any]) -> str:

@@ -8,14 +8,16 @@ All tensor ops with a kernel behind them go through :mod:`llm_kernels`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from llm_kernels import apply_rope, attention, rms_norm, rope_cos_sin
 
-from llm_core.cache import KVCache, StaticKVCache
+from llm_core.cache import KVCache, SinkKVCache, StaticKVCache
 from llm_core.config import ModelConfig
+from llm_core.rope import rope_frequencies
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,16 +39,26 @@ def make_norm(config: ModelConfig) -> nn.Module:
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE angle tables, computed from positions on demand (no length limit)."""
+    """RoPE angle tables, computed from positions on demand (no length limit).
+
+    With ``dynamic_ntk`` scaling the frequencies follow the current length: the largest
+    position of the call plus one (never below the training length).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        d = config.head_dim
-        inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+        self.config = config
+        self.dynamic = config.rope_scaling is not None and config.rope_scaling.type == "dynamic_ntk"
+        inv_freq, self.attention_scaling = rope_frequencies(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_cos_sin(positions, self.inv_freq)  # (B, T, D/2) each
+    def forward(
+        self, positions: torch.Tensor, seq_len: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = self.inv_freq
+        if self.dynamic and seq_len is not None and seq_len > self.config.training_seq_len:
+            inv_freq = rope_frequencies(self.config, seq_len)[0].to(inv_freq.device)
+        return rope_cos_sin(positions, inv_freq, self.attention_scaling)  # (B, T, D/2) each
 
 
 def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -56,6 +68,19 @@ def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (..., T, dim)
 
 
+@dataclass
+class AttentionContext:
+    """What every layer's attention needs from one forward call, computed once per call."""
+
+    rope: tuple[torch.Tensor, torch.Tensor] | None  # tables of the queries (and of new keys)
+    rope_keys: tuple[torch.Tensor, torch.Tensor] | None  # tables of all keys, if rotated on read
+    q_pos: torch.Tensor  # (B, T)
+    k_pos: torch.Tensor  # (B, S)
+    window: int | None
+    sink_tokens: int
+    cache: KVCache | None
+
+
 class Attention(nn.Module):
     """Grouped-query attention with optional q/k/v bias, RoPE, a window and sink tokens."""
 
@@ -63,22 +88,13 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
-        self.use_rope = config.position_encoding == "rope"
-        self.window, self.sink_tokens = config.window_size, config.sink_tokens
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         self.q_proj = nn.Linear(config.n_embd, q_dim, bias=config.qkv_bias)
         self.k_proj = nn.Linear(config.n_embd, kv_dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.n_embd, kv_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(q_dim, config.n_embd, bias=config.o_bias)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        q_pos: torch.Tensor,
-        k_pos: torch.Tensor,
-        cache: KVCache | None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = (
@@ -87,11 +103,15 @@ class Attention(nn.Module):
         v = (
             self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         )  # (B, Hkv, T, D)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D)
-        y = attention(q, k, v, q_pos, k_pos, window=self.window, sink_tokens=self.sink_tokens)
+        if ctx.rope is not None:
+            q = apply_rope(q, *ctx.rope)
+            if ctx.rope_keys is None:
+                k = apply_rope(k, *ctx.rope)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D)
+        if ctx.rope_keys is not None:
+            k = apply_rope(k, *ctx.rope_keys)
+        y = attention(q, k, v, ctx.q_pos, ctx.k_pos, window=ctx.window, sink_tokens=ctx.sink_tokens)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.o_proj(y)
 
@@ -125,15 +145,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        q_pos: torch.Tensor,
-        k_pos: torch.Tensor,
-        cache: KVCache | None,
-    ) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope, q_pos, k_pos, cache))
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), ctx))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -201,19 +214,48 @@ class Transformer(nn.Module):
         kind: str = "static",
         *,
         dtype: torch.dtype | None = None,
-    ) -> StaticKVCache:
-        """A fresh KV cache for ``batch_size`` rows of ``capacity`` tokens (default ``max_seq_len``)."""
-        if kind != "static":
-            raise ValueError(f"unknown cache kind {kind!r} (available: 'static')")
+        window: int | None = None,
+        sink_tokens: int | None = None,
+        position_mode: str | None = None,
+    ) -> StaticKVCache | SinkKVCache:
+        """A fresh KV cache for ``batch_size`` rows.
+
+        ``kind="static"``: ``capacity`` slots (default ``kv_cache_capacity`` or ``max_seq_len``).
+        ``kind="sink"``: a ring of ``sink_tokens + window`` slots (defaults from the config;
+        ``capacity``, if given, must equal that sum); attention then follows the cache's window
+        and sinks, so any model can stream with it. Raises ``ValueError`` for an unknown kind or
+        a sink cache with no window.
+        """
         cfg = self.config
-        return StaticKVCache(
+        common = dict(
             n_layer=cfg.n_layer,
             batch_size=batch_size,
             n_kv_head=cfg.kv_heads,
             head_dim=cfg.head_dim,
-            capacity=capacity or cfg.max_seq_len,
             dtype=dtype or self.dtype,
             device=self.device,
+        )
+        if kind == "static":
+            return StaticKVCache(
+                capacity=capacity or cfg.kv_cache_capacity or cfg.max_seq_len, **common
+            )
+        if kind != "sink":
+            raise ValueError(f"unknown cache kind {kind!r} (available: 'static', 'sink')")
+        window = window or cfg.window_size
+        if window is None:
+            raise ValueError(
+                "a sink cache needs a window: set window_size in the config or pass window="
+            )
+        sinks = cfg.sink_tokens if sink_tokens is None else sink_tokens
+        if capacity is not None and capacity != sinks + window:
+            raise ValueError(
+                f"a sink cache has sink_tokens + window = {sinks + window} slots, not {capacity}"
+            )
+        return SinkKVCache(
+            window=window,
+            sink_tokens=sinks,
+            position_mode=position_mode or cfg.position_mode,
+            **common,
         )
 
     def hidden_states(
@@ -235,21 +277,64 @@ class Transformer(nn.Module):
             positions = positions.expand(B, T)
         if positions.shape != (B, T):
             raise ValueError(f"positions {tuple(positions.shape)} do not match tokens {(B, T)}")
-        if cache is not None:
-            cache.append(positions)
-            k_pos = cache.key_positions  # (B, S)
-        else:
-            k_pos = positions
+        if (
+            T > 1
+            and getattr(cache, "position_mode", None) == "cache"
+            and cache.would_evict(positions)
+        ):
+            # re-indexed positions move with every token: feed an evicting chunk token by token
+            steps = [
+                self.hidden_states(tokens[:, t : t + 1], cache, positions[:, t : t + 1])
+                for t in range(T)
+            ]
+            return torch.cat(steps, dim=1)
+        ctx = self._attention_context(positions, cache)
         body = self.model
         x = body.embed_tokens(tokens)  # (B, T, C)
-        rope = None
-        if body.rotary_emb is not None:
-            rope = body.rotary_emb(positions)
-        else:
-            x = x + sinusoidal_encoding(positions, self.config.n_embd).to(x.dtype)
+        if body.rotary_emb is None:
+            x = x + sinusoidal_encoding(ctx.q_pos, self.config.n_embd).to(x.dtype)
         for layer in body.layers:
-            x = layer(x, rope, positions, k_pos, cache)
+            x = layer(x, ctx)
         return body.norm(x)
+
+    def _attention_context(
+        self, positions: torch.Tensor, cache: KVCache | None
+    ) -> AttentionContext:
+        cfg = self.config
+        q_pos, k_pos = positions, positions
+        window, sinks, rope_on_read = cfg.window_size, cfg.sink_tokens, False
+        if cache is not None:
+            given = cache.append(positions)
+            q_pos = positions if given is None else given
+            k_pos = cache.key_positions  # (B, S)
+            window = getattr(cache, "window", window)
+            sinks = getattr(cache, "sink_tokens", sinks)
+            rope_on_read = getattr(cache, "rope_on_read", False)
+        rope = rope_keys = None
+        rotary = self.model.rotary_emb
+        if rotary is not None:
+            seq_len = int(positions.max()) + 1 if rotary.dynamic else None
+            rope = rotary(q_pos, seq_len)
+            if rope_on_read:
+                rope_keys = rotary(k_pos, seq_len)
+        return AttentionContext(rope, rope_keys, q_pos, k_pos, window, sinks, cache)
+
+    def prefill(
+        self, tokens: torch.Tensor, cache: KVCache, *, chunk_size: int = 512
+    ) -> torch.Tensor:
+        """Feed ``tokens`` (``[B, T]``) into ``cache`` in chunks; logits of the last token ``[B, V]``.
+
+        Memory stays bounded by the chunk and the cache, whatever ``T`` is; the LM head runs on
+        the last position only.
+        """
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        hidden = None
+        for start in range(0, tokens.shape[1], chunk_size):
+            hidden = self.hidden_states(tokens[:, start : start + chunk_size], cache)
+        if hidden is None:
+            raise ValueError("prefill needs at least one token")
+        return self.lm_head(hidden[:, -1])
 
     def forward(
         self,
