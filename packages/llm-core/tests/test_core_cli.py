@@ -100,3 +100,23 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path):
         assert "Traceback" not in result.stderr
     bad = _run("estimate", "--config", "x.yaml", "--context", "lots")
     assert bad.returncode == 2 and "not a token count" in bad.stderr
+
+
+def test_estimate_sink_column_equals_an_allocated_sink_cache(capsys):
+    import torch
+    from llm_core import Transformer
+
+    args = ["estimate", "--config", str(CONFIGS / "tiny.yaml"), "--context", "1M", "--window", "64"]
+    assert main([*args, "--sinks", "4", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    model = Transformer(ModelConfig.from_file(CONFIGS / "tiny.yaml"))
+    cache = model.new_cache(1, kind="sink", window=64, sink_tokens=4, dtype=torch.bfloat16)
+    assert row["kv_cache_sink"] == cache.nbytes
+    assert row["kv_cache"] > 1000 * row["kv_cache_sink"]
+
+
+def test_estimate_default_contexts_for_the_million_preset(capsys):
+    assert main(["estimate", "--config", str(CONFIGS / "million_context.yaml"), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["context"] for r in rows] == [32768, 131072, 524288, 1048576]
+    assert len({r["kv_cache_sink"] for r in rows}) == 1  # constant in the context

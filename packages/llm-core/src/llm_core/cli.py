@@ -75,7 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, required=True, help="model config (.yaml, .json, .toml)"
     )
     est.add_argument(
-        "--context", type=parse_counts, required=True, help="tokens, e.g. 4096 or 32K,128K,1M"
+        "--context",
+        type=parse_counts,
+        default=parse_counts("32K,128K,512K,1M"),
+        help="tokens, e.g. 4096 or 32K,128K,1M (default 32K,128K,512K,1M)",
+    )
+    est.add_argument(
+        "--window",
+        type=parse_count,
+        help="sliding window of the sink-cache column (default: the config's)",
+    )
+    est.add_argument(
+        "--sinks", type=int, help="sink tokens of the sink-cache column (default: the config's)"
     )
     est.add_argument("--batch", type=parse_count, default=1, help="sequences (default 1)")
     est.add_argument(
@@ -115,23 +126,40 @@ def cmd_estimate(args: argparse.Namespace, console: Console) -> int:
     from llm_core.estimate import estimate_memory
 
     config = ModelConfig.from_file(args.config)
+    if args.window is not None or args.sinks is not None:
+        window = args.window or config.window_size
+        if window is None:
+            raise ValueError(
+                "--sinks needs a window: pass --window or use a config with window_size"
+            )
+        sinks = config.sink_tokens if args.sinks is None else args.sinks
+        config = ModelConfig.from_dict(
+            {**config.to_dict(), "window_size": window, "sink_tokens": sinks}
+        )
     rows = [estimate_memory(config, n, args.batch, args.dtype) for n in args.context]
     if args.json:
         for r in rows:
             print(json.dumps({**r.__dict__, "total": r.total, "dtype": args.dtype}))
         return 0
-    table = Table(title=f"{args.config.name}: batch {args.batch}, {args.dtype}")
-    for col in ("context", "weights", "KV cache (static)", "activations", "total"):
+    sink = config.window_size is not None
+    title = f"{args.config.name}: batch {args.batch}, {args.dtype}"
+    if sink:
+        title += f", sink cache = {config.sink_tokens} sinks + window {config.window_size}"
+    table = Table(title=title)
+    columns = ["context", "weights", "KV cache (static)", *(["KV cache (sink)"] if sink else [])]
+    for col in [*columns, "activations", "total (static)"]:
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(
-            f"{r.context:,}",
-            human_bytes(r.weights),
-            human_bytes(r.kv_cache),
-            human_bytes(r.activations),
-            human_bytes(r.total),
-        )
+        cells = [f"{r.context:,}", human_bytes(r.weights), human_bytes(r.kv_cache)]
+        if r.kv_cache_sink is not None:
+            cells.append(human_bytes(r.kv_cache_sink))
+        table.add_row(*cells, human_bytes(r.activations), human_bytes(r.total))
     console.print(table)
+    if sink:
+        console.print(
+            "[dim]activations are those of one forward over the whole context; chunked prefill "
+            "into the sink cache needs only one chunk's worth.[/dim]"
+        )
     return 0
 
 

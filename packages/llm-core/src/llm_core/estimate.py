@@ -17,7 +17,8 @@ class MemoryEstimate:
     context: int
     batch: int
     weights: int
-    kv_cache: int
+    kv_cache: int  # a static cache of `context` slots
+    kv_cache_sink: int | None  # a sink cache of sink_tokens + window slots (None: no window)
     activations: int
 
     @property
@@ -70,7 +71,8 @@ def activation_bytes(
 def estimate_memory(
     config: ModelConfig, context: int, batch: int = 1, dtype: str = "bfloat16"
 ) -> MemoryEstimate:
-    """Weights, KV cache (static, ``context`` slots) and activation bytes. Raises ``ValueError``
+    """Weights, KV cache (static, ``context`` slots; and a sink cache's ``sink_tokens + window``
+    slots when the config has a window) and activation bytes. Raises ``ValueError``
     for a non-positive context or batch, or an unknown dtype."""
     if context <= 0 or batch <= 0:
         raise ValueError(f"context and batch must be positive, got {context} and {batch}")
@@ -81,5 +83,10 @@ def estimate_memory(
         batch=batch,
         weights=parameter_count(config) * DTYPE_BYTES[dtype],
         kv_cache=kv_cache_bytes(config, context, batch, dtype),
+        kv_cache_sink=(
+            None
+            if config.window_size is None
+            else kv_cache_bytes(config, config.sink_tokens + config.window_size, batch, dtype)
+        ),
         activations=activation_bytes(config, context, batch, dtype),
     )
