@@ -12,7 +12,8 @@ import heapq
 
 Merges = dict[tuple[int, int], tuple[int, int]]
 
-LONG_WORD = 48  # symbols; above this the heap wins over rescanning every pair after each merge
+LONG_WORD = 128  # symbols; above this the heap beats rescanning all pairs after each merge
+_NO_MERGE = float("inf")
 
 
 def merge_word(symbols: list[int], merges: Merges) -> list[int]:
@@ -20,16 +21,19 @@ def merge_word(symbols: list[int], merges: Merges) -> list[int]:
     if len(symbols) > LONG_WORD:
         return _merge_long(symbols, merges)
     get = merges.get
-    while len(symbols) > 1:
-        best = None
-        best_at = 0
-        for at in range(len(symbols) - 1):
-            merge = get((symbols[at], symbols[at + 1]))
-            if merge is not None and (best is None or merge[0] < best[0]):
-                best, best_at = merge, at
-        if best is None:
+    # ranks[i] is the rank of the pair (symbols[i], symbols[i + 1]); min() and index() run in C.
+    ranks = [get(pair, (_NO_MERGE,))[0] for pair in zip(symbols, symbols[1:], strict=False)]
+    while ranks:
+        best = min(ranks)
+        if best == _NO_MERGE:
             break
-        symbols[best_at : best_at + 2] = (best[1],)
+        at = ranks.index(best)  # leftmost among equal ranks
+        symbols[at : at + 2] = (merges[symbols[at], symbols[at + 1]][1],)
+        del ranks[at]
+        if at > 0:
+            ranks[at - 1] = get((symbols[at - 1], symbols[at]), (_NO_MERGE,))[0]
+        if at < len(ranks):
+            ranks[at] = get((symbols[at], symbols[at + 1]), (_NO_MERGE,))[0]
     return symbols
 
 

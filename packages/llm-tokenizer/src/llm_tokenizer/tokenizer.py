@@ -16,6 +16,7 @@ from llm_tokenizer.errors import DisallowedSpecialTokenError, TokenizerError
 from llm_tokenizer.patterns import (
     bytes_to_unicode,
     compile_splitter,
+    pattern_name,
     resolve_pattern,
     unicode_to_bytes,
 )
@@ -171,6 +172,8 @@ class Tokenizer:
             self._byte_ids = [self.token_to_id.get(f"<0x{b:02X}>", -1) for b in range(256)]
         self._unk_id = self.token_id(unk_token) if unk_token is not None else None
         self._split = compile_splitter(self.pattern) if self.pattern is not None else None
+        # The named patterns match every character; a custom one may skip some (kept as gaps).
+        self._pattern_covers_all = self.pattern is None or pattern_name(self.pattern) is not None
         self._special_regex = self._compile_special_regex(special_tokens)
         self._word_ids = _WordCache(
             self._encode_byte_level_word
@@ -378,7 +381,7 @@ class Tokenizer:
             if self.add_prefix_space and not text.startswith(" "):
                 text = " " + text
             words = self._split(text) if self._split is not None else [text]
-            if self._split is not None and sum(map(len, words)) != len(text):
+            if not self._pattern_covers_all and sum(map(len, words)) != len(text):
                 words = self._split_keeping_gaps(text)
         else:
             text = text.replace(" ", SPACE_MARKER)
