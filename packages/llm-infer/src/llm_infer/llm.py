@@ -10,14 +10,15 @@ step is reading the sampled token.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from llm_infer.errors import ContextLengthError
+from llm_infer.errors import ContextLengthError, SamplingError
 from llm_infer.generation import Completion, Generation
 from llm_infer.protocols import CausalLM, Tokenizer
-from llm_infer.sampling import SamplingParams
+from llm_infer.sampling import DEFAULT_MAX_TOKENS, SamplingParams
 
 if TYPE_CHECKING:
     from llm_infer.engine import Engine
@@ -119,9 +120,18 @@ class LLM:
         """``messages`` rendered by the tokenizer's chat template, ready for the reply."""
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 
-    def check_length(self, held: int, new: int, max_tokens: int, limit: int | None = None) -> None:
-        """Raise :class:`ContextLengthError` when ``held + new + max_tokens`` exceeds the context."""
+    def fit(
+        self, params: SamplingParams, held: int, new: int, limit: int | None = None
+    ) -> SamplingParams:
+        """``params`` with ``max_tokens`` set (when None: up to 256, within the context left).
+
+        Raises :class:`ContextLengthError`, naming the limit and the length asked for, when
+        ``held + new + max_tokens`` tokens do not fit in ``limit`` (default: the context).
+        """
         limit = limit or self.context_length
+        max_tokens = params.max_tokens
+        if max_tokens is None:
+            max_tokens = max(1, min(DEFAULT_MAX_TOKENS, limit - held - new))
         need = held + new + max_tokens
         if need > limit:
             held_part = f"{held} held + " if held else ""
@@ -129,6 +139,11 @@ class LLM:
                 f"context length exceeded: the limit is {limit} tokens, this request needs {need} "
                 f"({held_part}{new} prompt + {max_tokens} max_tokens)"
             )
+        if params.min_tokens > max_tokens:
+            raise SamplingError(
+                f"min_tokens must be at most max_tokens={max_tokens}, got {params.min_tokens}"
+            )
+        return replace(params, max_tokens=max_tokens)
 
     # -- generation ------------------------------------------------------------------------
 
@@ -171,8 +186,7 @@ class LLM:
     def _start(self, prompt: Prompt, params: dict[str, Any]) -> Generation:
         sp = self.sampling_params(**params)
         ids = self.encode_prompt(prompt)
-        self.check_length(0, len(ids), sp.max_tokens)
-        return Generation(ids, sp, self.tokenizer, self.vocab_size)
+        return Generation(ids, self.fit(sp, 0, len(ids)), self.tokenizer, self.vocab_size)
 
     @torch.inference_mode()
     def _run(self, generation: Generation) -> Iterator[str]:

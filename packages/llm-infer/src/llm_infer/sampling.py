@@ -17,6 +17,7 @@ import torch
 from llm_infer.errors import SamplingError
 
 NEG_INF = float("-inf")
+DEFAULT_MAX_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class SamplingParams:
     ``top_logprobs`` most likely alternatives.
     """
 
-    max_tokens: int = 256
+    max_tokens: int | None = None  # None: up to DEFAULT_MAX_TOKENS, within the context left
     min_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
@@ -84,10 +85,14 @@ class SamplingParams:
         def bad(name: str, want: str) -> SamplingError:
             return SamplingError(f"{name} must be {want}, got {getattr(self, name)!r}")
 
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+        if self.max_tokens is not None and (
+            not isinstance(self.max_tokens, int) or self.max_tokens < 1
+        ):
             raise bad("max_tokens", "an integer >= 1")
-        if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
-            raise bad("min_tokens", f"an integer in [0, max_tokens={self.max_tokens}]")
+        if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+            raise bad("min_tokens", "an integer >= 0")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise bad("min_tokens", f"at most max_tokens={self.max_tokens}")
         if not _finite(self.temperature) or self.temperature < 0:
             raise bad("temperature", "a number >= 0 (0 means greedy)")
         if not _finite(self.top_p) or not 0 < self.top_p <= 1:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from llm_infer.generation import Completion, Generation
 from llm_infer.llm import LLM, decode_n_tokens, prefill
+from llm_infer.sampling import DEFAULT_MAX_TOKENS
 
 
 class Session:
@@ -80,7 +82,9 @@ class Session:
         else:
             held, new_ids = 0, llm.encode_prompt(rendered)
         if not self.unbounded:
-            llm.check_length(held, len(new_ids), sp.max_tokens, limit=self.limit)
+            sp = llm.fit(sp, held, len(new_ids), limit=self.limit)
+        elif sp.max_tokens is None:
+            sp = replace(sp, max_tokens=DEFAULT_MAX_TOKENS)
         if held == 0 and self.position:
             self.cache.reset()
             self.position = 0

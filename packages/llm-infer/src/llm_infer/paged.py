@@ -1,0 +1,195 @@
+"""A paged KV cache: fixed-size blocks in one pool, a block table per request, shared prefixes.
+
+Memory follows the tokens in flight: a request holds ``ceil(tokens / block_size)`` blocks, and
+requests whose prompts start alike share the blocks of the common prefix (the prefix cache:
+full blocks are keyed by a hash of all tokens up to their end, and kept in LRU order once no
+request holds them, until their room is needed).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+
+import torch
+from llm_core import CacheFullError
+
+EMPTY = -1  # position of a slot that holds nothing
+NULL_BLOCK = 0  # never handed out: pads block tables; its slots stay EMPTY
+
+
+def block_hashes(tokens: Sequence[int], block_size: int, n_blocks: int) -> list[int]:
+    """Chain hashes of the first ``n_blocks`` full blocks: each covers all tokens up to its end."""
+    hashes, parent = [], 0
+    for i in range(n_blocks):
+        parent = hash((parent, tuple(tokens[i * block_size : (i + 1) * block_size])))
+        hashes.append(parent)
+    return hashes
+
+
+class BlockPool:
+    """Keys, values and positions of ``num_blocks`` blocks of ``block_size`` tokens, every layer.
+
+    Block bookkeeping (refcounts, free list, prefix cache) is plain Python; the engine calls it
+    from one thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_layer: int,
+        n_kv_head: int,
+        head_dim: int,
+        num_blocks: int,
+        block_size: int = 16,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if num_blocks < 2 or block_size < 1:
+            raise ValueError(
+                f"a block pool needs >= 2 blocks of >= 1 token, got {num_blocks} x {block_size}"
+            )
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        slots = num_blocks * block_size
+        self.k = torch.zeros(
+            n_layer, slots, n_kv_head, head_dim, dtype=dtype, device=device
+        )  # (L, N*bs, H_kv, D)
+        self.v = torch.zeros_like(self.k)  # (L, N*bs, H_kv, D)
+        self.positions = torch.full((slots,), EMPTY, dtype=torch.long, device=device)  # (N*bs,)
+        self.refcount = [0] * num_blocks
+        self.free: deque[int] = deque(range(1, num_blocks))
+        self.hash_of: dict[int, int] = {}  # block -> prefix hash
+        self.by_hash: dict[int, int] = {}  # prefix hash -> block
+        self.evictable: OrderedDict[int, None] = OrderedDict()  # cached, unheld blocks, LRU first
+
+    @property
+    def usable_blocks(self) -> int:
+        """Blocks that can be handed out (all but the null block)."""
+        return self.num_blocks - 1
+
+    @property
+    def num_free(self) -> int:
+        """Blocks available now: free, or held only by the prefix cache."""
+        return len(self.free) + len(self.evictable)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.positions))
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def allocate(self) -> int:
+        """A fresh block (its slots emptied); evicts the least recently used cached prefix block
+        when none is free. Raises :class:`CacheFullError` when every block is held."""
+        if self.free:
+            block = self.free.popleft()
+        elif self.evictable:
+            block, _ = self.evictable.popitem(last=False)
+            del self.by_hash[self.hash_of.pop(block)]
+        else:
+            raise CacheFullError(f"KV block pool full: all {self.usable_blocks} blocks are held")
+        start = block * self.block_size
+        self.positions[start : start + self.block_size] = EMPTY
+        self.refcount[block] = 1
+        return block
+
+    def release(self, blocks: Sequence[int]) -> None:
+        """Drop one hold on each block; an unheld block stays cached if it has a prefix hash."""
+        for block in blocks:
+            self.refcount[block] -= 1
+            if self.refcount[block] == 0:
+                if block in self.hash_of:
+                    self.evictable[block] = None
+                else:
+                    self.free.append(block)
+
+    def lookup(self, hashes: Sequence[int]) -> list[int]:
+        """The cached blocks of the longest prefix of ``hashes``, each now held once more."""
+        blocks = []
+        for h in hashes:
+            block = self.by_hash.get(h)
+            if block is None:
+                break
+            if self.refcount[block] == 0:
+                del self.evictable[block]
+            self.refcount[block] += 1
+            blocks.append(block)
+        return blocks
+
+    def register(self, block: int, prefix_hash: int) -> None:
+        """Offer a full block to the prefix cache (ignored if that prefix is cached already)."""
+        if prefix_hash not in self.by_hash and block not in self.hash_of:
+            self.by_hash[prefix_hash] = block
+            self.hash_of[block] = prefix_hash
+
+
+class PagedKVCache:
+    """One forward call's view of a :class:`BlockPool` for a batch of requests (llm-core's
+    ``KVCache`` protocol).
+
+    Row ``b`` owns the blocks ``block_tables[b]``; the token at position ``p`` lives in block
+    ``p // block_size`` of its row, slot ``p % block_size``. Keys come back gathered to
+    ``[B, H_kv, S_max, D]``, rows padded with the null block (position -1, never attended).
+    Query tokens given a negative position are padding: nothing of theirs is written.
+    """
+
+    def __init__(
+        self, pool: BlockPool, block_tables: Sequence[Sequence[int]], lengths: Sequence[int]
+    ) -> None:
+        device = pool.positions.device
+        width = max(len(t) for t in block_tables)
+        table = torch.full((len(block_tables), width), NULL_BLOCK, dtype=torch.long)
+        for row, blocks in enumerate(block_tables):
+            table[row, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
+        self.pool = pool
+        self.table = table.to(device)  # (B, nb)
+        bs = pool.block_size
+        self.slots = (self.table.unsqueeze(-1) * bs + torch.arange(bs, device=device)).flatten(
+            1
+        )  # (B, nb*bs)
+        self.lengths = torch.tensor(lengths, dtype=torch.long, device=device)  # (B,)
+        self._write = torch.empty(0, dtype=torch.long, device=device)  # (N,) slots of this call
+        self._valid = torch.empty(0, dtype=torch.bool, device=device)  # (B, T)
+        self._key_positions = pool.positions[self.slots]  # (B, S)
+
+    @property
+    def key_positions(self) -> torch.Tensor:
+        """Positions of every gathered slot ``[B, S]`` (-1 for empty and padding slots)."""
+        return self._key_positions
+
+    def next_positions(self, n: int) -> torch.Tensor:
+        """Positions ``[B, n]`` after each row's length."""
+        return self.lengths.unsqueeze(1) + torch.arange(n, device=self.lengths.device)  # (B, n)
+
+    def append(self, positions: torch.Tensor) -> None:
+        """Record where this call's tokens (positions ``[B, T]``) go; raises ``CacheFullError``
+        when a position lies beyond its row's blocks."""
+        bs = self.pool.block_size
+        self._valid = positions >= 0  # (B, T)
+        safe = positions.clamp(min=0)  # (B, T)
+        index = safe // bs  # (B, T)
+        if bool((index[self._valid] >= self.table.shape[1]).any()):
+            raise CacheFullError("paged KV cache: a position lies beyond its row's blocks")
+        blocks = self.table.gather(1, index)  # (B, T)
+        self._write = (blocks * bs + safe % bs)[self._valid]  # (N,)
+        self.pool.positions[self._write] = positions[self._valid]
+        self._key_positions = self.pool.positions[self.slots]  # (B, S)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this call's ``k``, ``v`` (``[B, H_kv, T, D]``) for ``layer``; return every row's
+        keys and values ``[B, H_kv, S, D]``."""
+        k_pool, v_pool = self.pool.k[layer], self.pool.v[layer]  # (N*bs, H_kv, D)
+        k_pool.index_copy_(0, self._write, k.transpose(1, 2)[self._valid])  # (N, H_kv, D) written
+        v_pool.index_copy_(0, self._write, v.transpose(1, 2)[self._valid])
+        keys = k_pool[self.slots].transpose(1, 2)  # (B, H_kv, S, D)
+        values = v_pool[self.slots].transpose(1, 2)  # (B, H_kv, S, D)
+        return keys, values
+
+    def reset(self) -> None:
+        """Empty this view's blocks (the pool's bookkeeping is the engine's)."""
+        self.pool.positions[self.slots] = EMPTY
+        self._key_positions = self.pool.positions[self.slots]

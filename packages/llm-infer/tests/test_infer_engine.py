@@ -1,0 +1,167 @@
+"""Engine: continuous batching gives each request its solo result; cancellation, queue, prefix cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+from llm_infer import EngineBusyError, EngineClosedError
+from llm_infer.engine import Engine
+from llm_infer.paged import BlockPool, PagedKVCache
+
+PROMPTS = [[(7 * i + 3 * j) % 300 + 1 for j in range(4 + 9 * i)] for i in range(8)]  # 4..67 tokens
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def solo(llm, prompt, **params):
+    async with Engine(llm, block_size=8) as engine:
+        return await engine.generate(prompt, **params)
+
+
+def test_eight_concurrent_requests_equal_their_solo_results(llm):
+    params = [dict(temperature=0, max_tokens=10 + 3 * i, ignore_eos=True) for i in range(8)]
+    want = [run(solo(llm, p, **kw)) for p, kw in zip(PROMPTS, params, strict=True)]
+
+    async def together():
+        async with Engine(llm, block_size=8, prefill_chunk=32) as engine:
+            results = await asyncio.gather(
+                *(engine.generate(p, **kw) for p, kw in zip(PROMPTS, params, strict=True))
+            )
+            return results, engine.stats()
+
+    got, stats = run(together())
+    for g, w in zip(got, want, strict=True):
+        assert g.token_ids == w.token_ids
+        assert g.text == w.text
+    assert stats.finished == 8 and stats.running == 0 and stats.queue_depth == 0
+    assert stats.generated_tokens == sum(kw["max_tokens"] for kw in params)
+    assert stats.blocks_in_use == 0
+    assert stats.tokens_per_s > 0 and stats.mean_time_to_first_token_s > 0
+
+
+def test_engine_matches_llm_generate(llm):
+    want = llm.generate(PROMPTS[3], temperature=0, max_tokens=20, ignore_eos=True)
+    assert (
+        run(solo(llm, PROMPTS[3], temperature=0, max_tokens=20, ignore_eos=True)).token_ids
+        == want.token_ids
+    )
+
+
+def test_cancelling_one_does_not_disturb_the_others(llm):
+    params = dict(temperature=0, max_tokens=24, ignore_eos=True)
+    want = [run(solo(llm, p, **params)) for p in PROMPTS[:4]]
+
+    async def main():
+        async with Engine(llm, block_size=8) as engine:
+            handles = [engine.submit(p, **params) for p in PROMPTS[:4]]
+            victim = handles[1]
+            seen = []
+            async for delta in victim:
+                seen.append(delta)
+                if len(seen) == 2:
+                    victim.cancel()
+            results = [await h.result() for h in handles]
+            return results, engine.stats()
+
+    results, stats = run(main())
+    assert results[1].finish_reason == "cancelled"
+    assert results[1].usage.completion_tokens < 24
+    for i in (0, 2, 3):
+        assert results[i].token_ids == want[i].token_ids
+    assert stats.cancelled == 1 and stats.finished == 3 and stats.blocks_in_use == 0
+
+
+def test_leaving_a_stream_early_cancels_within_a_step(llm):
+    async def main():
+        async with Engine(llm) as engine:
+            stream = engine.stream(PROMPTS[0], temperature=0, max_tokens=200, ignore_eos=True)
+            async for _ in stream:
+                break
+            await stream.aclose()
+            for _ in range(3):
+                await asyncio.sleep(0.05)
+            return engine.stats()
+
+    stats = run(main())
+    assert stats.cancelled == 1 and stats.running == 0 and stats.blocks_in_use == 0
+
+
+def test_bounded_queue_says_busy(llm):
+    async def main():
+        async with Engine(llm, max_batch=1, max_queue=2) as engine:
+            handles = [engine.submit(PROMPTS[0], max_tokens=50) for _ in range(2)]
+            with pytest.raises(
+                EngineBusyError, match=r"engine busy: 2 requests waiting \(max_queue=2\)"
+            ):
+                engine.submit(PROMPTS[0])
+            for h in handles:
+                h.cancel()
+
+    run(main())
+    with pytest.raises(EngineClosedError):
+        Engine(llm).submit("x")
+
+
+def test_prefix_cache_reuses_shared_prompt_blocks(llm):
+    shared = PROMPTS[7][:40]
+    a, b = [*shared, 11, 12, 13], [*shared, 21, 22]
+    params = dict(temperature=0, max_tokens=6, ignore_eos=True)
+
+    async def main():
+        async with Engine(llm, block_size=8) as engine:
+            first = await engine.generate(a, **params)
+            second = await engine.generate(b, **params)
+            return first, second, engine.stats()
+
+    first, second, stats = run(main())
+    assert first.usage.cached_tokens == 0
+    assert second.usage.cached_tokens == 40  # five full blocks of 8
+    assert stats.prefix_hits == 1 and stats.prefix_cached_tokens == 40
+    assert second.token_ids == llm.generate(b, **params).token_ids
+
+
+def test_chat_and_stream_chat(llm):
+    messages = [{"role": "user", "content": "hi"}]
+
+    async def main():
+        async with Engine(llm) as engine:
+            completion = await engine.chat(messages, temperature=0, max_tokens=8)
+            text = "".join(
+                [d async for d in engine.stream_chat(messages, temperature=0, max_tokens=8)]
+            )
+            return completion, text
+
+    completion, text = run(main())
+    assert completion.text == text == llm.chat(messages, temperature=0, max_tokens=8).text
+
+
+def test_paged_cache_matches_a_static_cache(llm):
+    model = llm.model
+    pool = BlockPool(n_layer=2, n_kv_head=2, head_dim=16, num_blocks=16, block_size=4)
+    tokens = torch.tensor([PROMPTS[2][:11]])  # (1, 11)
+    with torch.inference_mode():
+        want = model(tokens)  # (1, 11, V)
+        blocks = [pool.allocate() for _ in range(3)]
+        first = model(
+            tokens[:, :6], PagedKVCache(pool, [blocks], [0]), torch.arange(6).unsqueeze(0)
+        )
+        rest = model(
+            tokens[:, 6:], PagedKVCache(pool, [blocks], [6]), torch.arange(6, 11).unsqueeze(0)
+        )
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), want, atol=1e-5, rtol=0)
+
+
+def test_block_pool_refcounts_and_lru():
+    pool = BlockPool(n_layer=1, n_kv_head=1, head_dim=2, num_blocks=4, block_size=2)
+    a, b = pool.allocate(), pool.allocate()
+    pool.register(a, 111)
+    pool.release([a, b])
+    assert pool.num_free == 3 and pool.lookup([111, 222]) == [a]
+    pool.release([a])
+    pool.allocate(), pool.allocate()
+    assert pool.allocate() == a  # the cached block is evicted last
+    assert pool.lookup([111]) == []
