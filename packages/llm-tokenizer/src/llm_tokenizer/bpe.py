@@ -9,6 +9,7 @@ which gives the same result in O(n log n).
 from __future__ import annotations
 
 import heapq
+import itertools
 
 Merges = dict[tuple[int, int], tuple[int, int]]
 
@@ -22,7 +23,7 @@ def merge_word(symbols: list[int], merges: Merges) -> list[int]:
         return _merge_long(symbols, merges)
     get = merges.get
     # ranks[i] is the rank of the pair (symbols[i], symbols[i + 1]); min() and index() run in C.
-    ranks = [get(pair, (_NO_MERGE,))[0] for pair in zip(symbols, symbols[1:], strict=False)]
+    ranks = [get(pair, (_NO_MERGE,))[0] for pair in itertools.pairwise(symbols)]
     while ranks:
         best = min(ranks)
         if best == _NO_MERGE:
