@@ -95,11 +95,13 @@ def main() -> None:
     megabytes = sum(len(d.encode()) for d in documents) / 1e6
 
     # Training: same corpus, vocabulary size, pattern (GPT-2's) and min_frequency.
-    hf, hf_train_s = timed(lambda: train_hf(documents, args.vocab_size))
+    n = args.repeats
+    hf, hf_train_s = timed(lambda: train_hf(documents, args.vocab_size), n)
     ours_trained, ours_train_s = timed(
         lambda: Tokenizer.train(
             documents, args.vocab_size, pattern="gpt2", special_tokens=SPECIAL, min_frequency=2
-        )
+        ),
+        n,
     )
     hf_merges = [tuple(m) for m in json.loads(hf.to_str())["model"]["merges"]]
     our_merges = [
@@ -112,7 +114,6 @@ def main() -> None:
     ours = Tokenizer.from_hf_json(hf.to_str())
     enc = to_tiktoken(ours)
     assert ours.pattern == GPT2_PATTERN
-    n = args.repeats
     hf_ids, hf_encode_s = timed(lambda: [e.ids for e in map(hf.encode, documents)], n)
     hf_fast_ids, hf_fast_s = timed(lambda: [e.ids for e in hf.encode_batch_fast(documents)], n)
     tiktoken_ids, tiktoken_s = timed(lambda: [enc.encode_ordinary(d) for d in documents], n)
