@@ -8,8 +8,8 @@ import pytest
 from llm_tokenizer import Tokenizer
 from llm_tokenizer.gguf import BYTE, CONTROL, NORMAL, UNKNOWN
 from llm_tokenizer.patterns import LLAMA3_PATTERN
+from tokenizers import AddedToken, models, processors
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import models
 from transformers.convert_slow_tokenizer import generate_merges
 
 
@@ -165,3 +165,35 @@ def test_unsupported_hf_model_is_a_clear_error(tmp_path):
     path.write_text(json.dumps({"model": {"type": "WordPiece", "vocab": {}}}))
     with pytest.raises(ValueError, match="WordPiece"):
         Tokenizer.from_file(path)
+
+
+def test_added_token_flags_and_post_processor_match_hf(hf_byte_level, tmp_path):
+    """lstrip/rstrip swallow whitespace, non-special added tokens survive skip_special_tokens,
+    and a TemplateProcessing post-processor marks the bos token, as in Llama 3's files."""
+    hf = HFTokenizer.from_str(hf_byte_level.to_str())
+    hf.add_special_tokens(
+        [AddedToken("<|user|>", rstrip=True), AddedToken("<|end|>", lstrip=True, rstrip=True)]
+    )
+    hf.add_tokens([AddedToken("<|note|>", special=False)])
+    bos = hf.token_to_id("<|im_start|>")
+    hf.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)]
+    )
+    ours = Tokenizer.from_file(save_hf(hf, tmp_path))
+    assert ours.bos_token_id == bos and ours.add_bos_token
+    texts = [
+        "<|user|>\n  hello <|end|>\n\n<|user|>x<|end|>",
+        "a  <|end|>  b <|note|> c",
+        " \t<|user|> \n<|note|><|end|> ",
+    ]
+    for text in texts:
+        assert_same_as_hf(ours, hf, text)
+        assert ours.encode(text, add_bos=True) == hf.encode(text).ids
+    ours.save(tmp_path / "written.json", format="hf")
+    again = HFTokenizer.from_file(str(tmp_path / "written.json"))
+    assert [again.encode(t, add_special_tokens=False).ids for t in texts] == [
+        ours.encode(t) for t in texts
+    ]
+    ours.save(tmp_path / "ours.json")
+    reloaded = Tokenizer.from_file(tmp_path / "ours.json")
+    assert [reloaded.encode(t, add_bos=True) for t in texts] == [hf.encode(t).ids for t in texts]

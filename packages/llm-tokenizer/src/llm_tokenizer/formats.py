@@ -66,9 +66,10 @@ def save_tokenizer(
 
 _OPTIONS = (
     "kind", "pattern", "normalization", "add_prefix_space", "prepend_scheme", "split_on_space",
-    "byte_fallback", "unk_token", "ignore_merges", "bos_token", "eos_token", "extra_eos_tokens",
-    "pad_token", "chat_template",
+    "byte_fallback", "unk_token", "ignore_merges", "bos_token", "add_bos_token", "eos_token",
+    "extra_eos_tokens", "pad_token", "chat_template",
 )  # fmt: skip
+_TOKEN_SETS = ("lstrip_tokens", "rstrip_tokens", "text_added_tokens")
 
 
 def _to_llm_json(tokenizer: Tokenizer) -> dict[str, Any]:
@@ -78,6 +79,7 @@ def _to_llm_json(tokenizer: Tokenizer) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         **{name: getattr(tokenizer, name) for name in _OPTIONS},
         "special_tokens": tokenizer.special_tokens,
+        **{name: sorted(getattr(tokenizer, name)) for name in _TOKEN_SETS},
         "tokens": tokenizer.tokens,
         "merges": [[left, right, rank] for (left, right), (rank, _) in ordered],  # rank order
     }
@@ -91,7 +93,7 @@ def _from_llm_json(data: dict[str, Any], path: Path) -> Tokenizer:
         )
     try:
         merges = {(left, right): rank for left, right, rank in data["merges"]}
-        options = {name: data[name] for name in _OPTIONS if name in data}
+        options = {name: data[name] for name in _OPTIONS + _TOKEN_SETS if name in data}
         return Tokenizer(data["tokens"], merges, special_tokens=data["special_tokens"], **options)
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, TokenizerError):
@@ -113,6 +115,8 @@ def _read_hf_config(directory: Path) -> dict[str, Any]:
         for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
             value = raw.get(name)
             config[name] = value.get("content") if isinstance(value, dict) else value
+        if "add_bos_token" in raw:
+            config["add_bos_token"] = bool(raw["add_bos_token"])
         template = raw.get("chat_template")
         if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
@@ -208,7 +212,8 @@ def _from_hf_json(data: dict[str, Any], config: dict[str, Any]) -> Tokenizer:
         )
 
     vocab: dict[str, int] = model["vocab"]
-    added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+    added_tokens = data.get("added_tokens", [])
+    added = {t["content"]: t["id"] for t in added_tokens}
     size = max([*vocab.values(), *added.values()]) + 1
     tokens = [""] * size
     for token, token_id in vocab.items():
@@ -222,6 +227,18 @@ def _from_hf_json(data: dict[str, Any], config: dict[str, Any]) -> Tokenizer:
             )
         merges.append((vocab[left], vocab[right]))
 
+    # Llama 3 and others say "add bos" only through the post-processor: "<|begin_of_text|> $A".
+    bos_token, add_bos_token = config.get("bos_token"), config.get("add_bos_token")
+    processor = data.get("post_processor") or {}
+    first = (
+        (processor.get("single") or [{}])[0]
+        if processor.get("type") == "TemplateProcessing"
+        else {}
+    )
+    if "SpecialToken" in first:
+        bos_token = bos_token or first["SpecialToken"]["id"]
+        add_bos_token = True if add_bos_token is None else add_bos_token
+
     eos_ids = config.get("eos_token_ids", [])
     eos_token = config.get("eos_token")
     extra_eos = [tokens[i] for i in eos_ids if 0 <= i < size and tokens[i] != eos_token]
@@ -231,10 +248,14 @@ def _from_hf_json(data: dict[str, Any], config: dict[str, Any]) -> Tokenizer:
         tokens,
         merges,
         special_tokens=added,
+        lstrip_tokens=[t["content"] for t in added_tokens if t.get("lstrip")],
+        rstrip_tokens=[t["content"] for t in added_tokens if t.get("rstrip")],
+        text_added_tokens=[t["content"] for t in added_tokens if not t.get("special", True)],
         byte_fallback=bool(model.get("byte_fallback", False)),
         unk_token=model.get("unk_token"),
         ignore_merges=bool(model.get("ignore_merges", False)),
-        bos_token=config.get("bos_token"),
+        bos_token=bos_token,
+        add_bos_token=bool(add_bos_token),
         eos_token=eos_token,
         extra_eos_tokens=extra_eos,
         pad_token=config.get("pad_token"),
@@ -286,10 +307,10 @@ def _to_hf_json(tokenizer: Tokenizer) -> dict[str, Any]:
                 "id": i,
                 "content": t,
                 "single_word": False,
-                "lstrip": False,
-                "rstrip": False,
+                "lstrip": t in tokenizer.lstrip_tokens,
+                "rstrip": t in tokenizer.rstrip_tokens,
                 "normalized": False,
-                "special": True,
+                "special": t not in tokenizer.text_added_tokens,
             }
             for t, i in sorted(tokenizer.special_tokens.items(), key=lambda item: item[1])
         ],

@@ -54,7 +54,11 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
 
     common = {
         "special_tokens": special,
+        "text_added_tokens": [
+            t for t, kind in zip(tokens, token_types, strict=True) if kind == USER_DEFINED
+        ],
         "bos_token": name_of("bos"),
+        "add_bos_token": bool(metadata.get("tokenizer.ggml.add_bos_token", model == "llama")),
         "eos_token": name_of("eos"),
         "extra_eos_tokens": [n for n in (name_of("eot"), name_of("eom")) if n is not None],
         "pad_token": name_of("padding"),

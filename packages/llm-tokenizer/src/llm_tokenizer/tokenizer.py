@@ -71,6 +71,9 @@ class Tokenizer:
         kind: Kind = "byte_level",
         pattern: str | None = "gpt4",
         special_tokens: Mapping[str, int] | None = None,
+        lstrip_tokens: Collection[str] = (),
+        rstrip_tokens: Collection[str] = (),
+        text_added_tokens: Collection[str] = (),
         normalization: Literal["NFC"] | None = None,
         add_prefix_space: bool = False,
         prepend_scheme: PrependScheme = "always",
@@ -79,6 +82,7 @@ class Tokenizer:
         unk_token: str | None = None,
         ignore_merges: bool = False,
         bos_token: str | None = None,
+        add_bos_token: bool = False,
         eos_token: str | None = None,
         extra_eos_tokens: Sequence[str] = (),
         pad_token: str | None = None,
@@ -89,7 +93,13 @@ class Tokenizer:
 
         tokens: the token string of every id (byte-level tokens in GPT-2's unicode spelling,
             SentencePiece tokens with "▁"); special tokens may be listed here or only in
-            `special_tokens`. merges: pairs of ids in rank order, or a mapping pair -> rank
+            `special_tokens` (content -> id), which `encode` matches in text before anything
+            else. lstrip_tokens / rstrip_tokens: special tokens that swallow the whitespace on
+            their left / right (HF's lstrip / rstrip). text_added_tokens: special tokens that
+            HF calls non-special added tokens; `decode(skip_special_tokens=True)` keeps them.
+            add_bos_token: informational, whether the model expects the bos id first (HF's
+            `add_bos_token`, GGUF's `tokenizer.ggml.add_bos_token`); `encode(add_bos=True)`
+            adds it. merges: pairs of ids in rank order, or a mapping pair -> rank
             (equal ranks are merged leftmost first). pattern: a name in `PATTERNS` or a regex,
             byte-level only (None: no split). normalization: "NFC" normalizes text first.
             add_prefix_space: byte-level, prepend " " to text not starting with one.
@@ -118,7 +128,20 @@ class Tokenizer:
         self.kind: Kind = kind
         self.pattern = resolve_pattern(pattern) if pattern is not None else None
         self.special_tokens = special_tokens
+        self.lstrip_tokens = frozenset(lstrip_tokens)
+        self.rstrip_tokens = frozenset(rstrip_tokens)
+        self.text_added_tokens = frozenset(text_added_tokens)
+        unknown = (
+            self.lstrip_tokens | self.rstrip_tokens | self.text_added_tokens
+        ) - special_tokens.keys()
+        if unknown:
+            raise TokenizerError(
+                f"strip or text flags given for tokens that are not special: {sorted(unknown)}"
+            )
         self._special_ids = frozenset(special_tokens.values())
+        self._skipped_ids = frozenset(
+            i for t, i in special_tokens.items() if t not in self.text_added_tokens
+        )
         self.normalization = normalization
         self.add_prefix_space = add_prefix_space
         self.prepend_scheme: PrependScheme = prepend_scheme
@@ -127,6 +150,7 @@ class Tokenizer:
         self.unk_token = unk_token
         self.ignore_merges = ignore_merges
         self.bos_token = bos_token
+        self.add_bos_token = add_bos_token
         self.eos_token = eos_token
         self.extra_eos_tokens = tuple(extra_eos_tokens)
         self.pad_token = pad_token
@@ -175,6 +199,9 @@ class Tokenizer:
         # The named patterns match every character; a custom one may skip some (kept as gaps).
         self._pattern_covers_all = self.pattern is None or pattern_name(self.pattern) is not None
         self._special_regex = self._compile_special_regex(special_tokens)
+        self._allowed_regexes: dict[
+            frozenset[str], tuple[regex.Pattern[str], list[str]] | None
+        ] = {}
         self._word_ids = _WordCache(
             self._encode_byte_level_word
             if kind == "byte_level"
@@ -335,16 +362,17 @@ class Tokenizer:
                 raise TokenizerError(
                     f"allowed_special names unknown special tokens {sorted(unknown)}"
                 )
-            special_regex = self._compile_special_regex(
-                {t: self.special_tokens[t] for t in allowed}
-            )
+            key = frozenset(allowed)
+            if key not in self._allowed_regexes:
+                self._allowed_regexes[key] = self._compile_special_regex(key)
+            special_regex = self._allowed_regexes[key]
         disallowed = (
             set(self.special_tokens) - allowed
             if disallowed_special == "all"
             else set(disallowed_special) - allowed
         )
         if disallowed:
-            found = self._compile_special_regex(dict.fromkeys(disallowed, 0)).search(text)  # type: ignore[union-attr]
+            found = regex.search("|".join(map(regex.escape, disallowed)), text)
             if found:
                 raise DisallowedSpecialTokenError(
                     f"text contains the disallowed special token {found.group()!r} at character {found.start()}; "
@@ -353,11 +381,12 @@ class Tokenizer:
         if special_regex is None:
             ids += self._encode_segment(text, at_start=True)
             return ids
+        pattern, alternatives = special_regex
         start = 0
-        for match in special_regex.finditer(text):
+        for match in pattern.finditer(text):
             if match.start() > start:
                 ids += self._encode_segment(text[start : match.start()], at_start=start == 0)
-            ids.append(self.special_tokens[match.group()])
+            ids.append(self.special_tokens[alternatives[match.lastindex - 1]])
             start = match.end()
         if start < len(text):
             ids += self._encode_segment(text[start:], at_start=start == 0)
@@ -439,14 +468,22 @@ class Tokenizer:
                 last_was_unk = True
         return tuple(merge_word(symbols, self.merges))
 
-    @staticmethod
-    def _compile_special_regex(special_tokens: Mapping[str, int]) -> regex.Pattern[str] | None:
-        """Alternation of the special tokens, longest first, so the longest match wins."""
-        if not special_tokens:
+    def _compile_special_regex(
+        self, tokens: Collection[str]
+    ) -> tuple[regex.Pattern[str], list[str]] | None:
+        """An alternation of `tokens`, longest first so the longest match wins, and the tokens in
+        its order: alternative k has one group, so `match.lastindex - 1` says which token matched.
+        lstrip / rstrip tokens take the whitespace beside them into their match."""
+        if not tokens:
             return None
-        return regex.compile(
-            "|".join(regex.escape(t) for t in sorted(special_tokens, key=len, reverse=True))
+        ordered = sorted(tokens, key=len, reverse=True)
+        alternatives = (
+            (r"\s*" if t in self.lstrip_tokens else "")
+            + f"({regex.escape(t)})"
+            + (r"\s*" if t in self.rstrip_tokens else "")
+            for t in ordered
         )
+        return regex.compile("|".join(alternatives)), ordered
 
     # -- decoding -------------------------------------------------------------------------
 
@@ -483,7 +520,7 @@ class Tokenizer:
                 f"token id {bad} is outside the vocabulary [0, {len(self.tokens)})"
             )
         if skip_special_tokens:
-            ids = [i for i in ids if i not in self._special_ids]
+            ids = [i for i in ids if i not in self._skipped_ids]
         return b"".join(map(self.token_bytes.__getitem__, ids))
 
     @property
