@@ -103,6 +103,9 @@ def test_hf_directory_with_configs(hf_byte_level, tmp_path):
         tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
         == "<|im_start|>hi<|im_end|>"
     )
+    (tmp_path / "chat_template.jinja").write_text("{{ messages | length }}")
+    reloaded = Tokenizer.from_file(tmp_path / "tokenizer.json")
+    assert reloaded.apply_chat_template([{"role": "user", "content": "hi"}]) == "1"
 
 
 def test_gguf_errors_name_the_problem():

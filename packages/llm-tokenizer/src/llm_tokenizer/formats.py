@@ -107,7 +107,8 @@ def _from_llm_json(data: dict[str, Any], path: Path) -> Tokenizer:
 
 
 def _read_hf_config(directory: Path) -> dict[str, Any]:
-    """Chat template, bos/eos/pad tokens and eos ids from tokenizer_config.json / generation_config.json."""
+    """Chat template, bos/eos/pad tokens and eos ids from tokenizer_config.json,
+    chat_template.jinja and generation_config.json, where present."""
     config: dict[str, Any] = {}
     config_path = directory / "tokenizer_config.json"
     if config_path.is_file():
@@ -121,6 +122,9 @@ def _read_hf_config(directory: Path) -> dict[str, Any]:
         if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
         config["chat_template"] = template
+    template_path = directory / "chat_template.jinja"  # where newer transformers versions save it
+    if template_path.is_file():
+        config["chat_template"] = template_path.read_text(encoding="utf-8")
     generation_path = directory / "generation_config.json"
     if generation_path.is_file():
         eos = json.loads(generation_path.read_text(encoding="utf-8")).get("eos_token_id")

@@ -215,8 +215,9 @@ class Tokenizer:
     def from_file(cls, path: str | os.PathLike[str]) -> Tokenizer:
         """Load our JSON, an HF `tokenizer.json`, or a directory holding either (detected).
 
-        A `tokenizer_config.json` (chat template, bos/eos tokens) and `generation_config.json`
-        (eos ids) beside an HF file are read too. Raises OSError when the file cannot be read
+        A `tokenizer_config.json` (chat template, bos/eos tokens, add_bos_token),
+        `chat_template.jinja` and `generation_config.json` (eos ids) beside an HF file are read
+        too. Raises OSError when the file cannot be read
         and TokenizerError when its content is invalid or unsupported.
         """
         from llm_tokenizer.formats import load_tokenizer
