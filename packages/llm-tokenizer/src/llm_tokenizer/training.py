@@ -8,12 +8,13 @@ tokenizers' BpeTrainer picks.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -121,33 +122,31 @@ def _learn_merges(
     vocab_target = len(tokens) + n_merges
     merges: list[tuple[int, int]] = []
 
-    progress = _progress(n_merges) if show_progress else None
-    while len(tokens) < vocab_target and heap:
-        negative_count, pair = heapq.heappop(heap)
-        count = pair_counts.get(pair, 0)
-        if count != -negative_count:  # stale entry: the pair's count fell since it was pushed
-            if count > 0:
-                heapq.heappush(heap, (-count, pair))
-            continue
-        if count < max(min_frequency, 1):
-            break
-        left, right = pair
-        merged_token = tokens[left] + tokens[right]
-        merged = token_ids.get(merged_token)
-        if merged is None:  # two different pairs can spell the same token; it keeps one id
-            merged = token_ids[merged_token] = len(tokens)
-            tokens.append(merged_token)
-        merges.append(pair)
-        grown = _apply_merge(pair, merged, words, counts, pair_counts, pair_words)
-        del pair_counts[pair], pair_words[pair]
-        for new_pair in grown:
-            if pair_counts[new_pair] > 0:
-                heapq.heappush(heap, (-pair_counts[new_pair], new_pair))
-        if progress is not None and len(merges) % 64 == 0:
-            progress[0].update(progress[1], completed=len(tokens) - (vocab_target - n_merges))
-    if progress is not None:
-        progress[0].update(progress[1], total=len(merges), completed=len(merges))
-        progress[0].stop()
+    with _merge_progress(n_merges, show_progress) as report:
+        while len(tokens) < vocab_target and heap:
+            negative_count, pair = heapq.heappop(heap)
+            count = pair_counts.get(pair, 0)
+            if count != -negative_count:  # stale entry: the pair's count fell since it was pushed
+                if count > 0:
+                    heapq.heappush(heap, (-count, pair))
+                continue
+            if count < max(min_frequency, 1):
+                break
+            left, right = pair
+            merged_token = tokens[left] + tokens[right]
+            merged = token_ids.get(merged_token)
+            if merged is None:  # two different pairs can spell the same token; it keeps one id
+                merged = token_ids[merged_token] = len(tokens)
+                tokens.append(merged_token)
+            merges.append(pair)
+            grown = _apply_merge(pair, merged, words, counts, pair_counts, pair_words)
+            del pair_counts[pair], pair_words[pair]
+            for new_pair in grown:
+                if pair_counts[new_pair] > 0:
+                    heapq.heappush(heap, (-pair_counts[new_pair], new_pair))
+            if len(merges) % 64 == 0:
+                report(len(merges), done=False)
+        report(len(merges), done=True)
     return merges
 
 
@@ -195,12 +194,21 @@ def _apply_merge(
     return grown
 
 
-def _progress(total: int):
+@contextlib.contextmanager
+def _merge_progress(total: int, show: bool) -> Iterator[Callable[..., None]]:
+    """Yield `report(merges_done, done=...)`; with `show`, it drives a rich progress bar."""
+    if not show:
+        yield lambda merges_done, done: None
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(
+    with Progress(
         TextColumn("merges"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-    )
-    task = progress.add_task("merges", total=total)
-    progress.start()
-    return progress, task
+    ) as progress:
+        task = progress.add_task("merges", total=total)
+
+        def report(merges_done: int, done: bool) -> None:
+            # When min_frequency stops training early, the bar ends full at the merges made.
+            progress.update(task, completed=merges_done, total=merges_done if done else total)
+
+        yield report
