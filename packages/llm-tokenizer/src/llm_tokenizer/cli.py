@@ -20,15 +20,16 @@ def _read_text(args: argparse.Namespace) -> str:
 
 
 def _train(args: argparse.Namespace) -> None:
+    eos_token = args.eos
+    if eos_token is None and "<|endoftext|>" in args.special:
+        eos_token = "<|endoftext|>"
     tokenizer = Tokenizer.train(
         [Path(f) for f in args.files],
         args.vocab_size,
         pattern=args.pattern,
         special_tokens=args.special,
         min_frequency=args.min_frequency,
-        eos_token=args.eos
-        if args.eos is not None
-        else ("<|endoftext|>" if "<|endoftext|>" in args.special else None),
+        eos_token=eos_token,
         show_progress=not args.quiet,
     )
     tokenizer.save(args.out, format=args.format)
@@ -52,15 +53,21 @@ def _info(args: argparse.Namespace) -> None:
 
     tokenizer = Tokenizer.from_file(args.tokenizer)
     table = Table(title=str(args.tokenizer), show_header=False)
-    pattern = pattern_name(tokenizer.pattern) or tokenizer.pattern if tokenizer.pattern else "none"
+    if tokenizer.kind != "byte_level":
+        pattern = "- (SentencePiece: spaces become ▁)"
+    elif tokenizer.pattern is None:
+        pattern = "none"
+    else:
+        pattern = pattern_name(tokenizer.pattern) or tokenizer.pattern
+    specials = list(tokenizer.special_tokens)
     rows = {
         "kind": tokenizer.kind,
         "vocab size": tokenizer.vocab_size,
         "merges": len(tokenizer.merges),
-        "pattern": pattern if tokenizer.kind == "byte_level" else "-",
-        "special tokens": ", ".join(tokenizer.special_tokens)
-        if len(tokenizer.special_tokens) <= 12
-        else f"{len(tokenizer.special_tokens)}",
+        "pattern": pattern,
+        "special tokens": f"{len(specials)}: "
+        + ", ".join(specials[:8])
+        + (", ..." if len(specials) > 8 else ""),
         "bos / eos": f"{tokenizer.bos_token} / {tokenizer.eos_token} (eos ids {list(tokenizer.eos_token_ids)})",
         "chat template": "yes" if tokenizer.chat_template else "no (ChatML default)",
     }
