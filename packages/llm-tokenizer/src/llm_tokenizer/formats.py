@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +36,8 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
     if data.get("format") == FORMAT:
         return _from_llm_json(data, path)
     if "model" in data:
-        return _from_hf_json(data, _read_hf_config(path.parent))
+        with _malformed(f"{path} is a malformed HF tokenizer.json"):
+            return _from_hf_json(data, _read_hf_config(path.parent))
     raise TokenizerError(f"{path} is neither an llm-tokenizer file nor an HF tokenizer.json")
 
 
@@ -46,7 +49,8 @@ def tokenizer_from_hf_json(text: str) -> Tokenizer:
         raise TokenizerError(f"not valid JSON: {e}") from None
     if not isinstance(data, dict) or "model" not in data:
         raise TokenizerError("not an HF tokenizer.json: no 'model'")
-    return _from_hf_json(data, {})
+    with _malformed("malformed HF tokenizer.json"):
+        return _from_hf_json(data, {})
 
 
 def save_tokenizer(
@@ -91,16 +95,21 @@ def _from_llm_json(data: dict[str, Any], path: Path) -> Tokenizer:
         raise TokenizerError(
             f"{path} has format_version {version}; this llm-tokenizer reads {FORMAT_VERSION}"
         )
-    try:
+    with _malformed(f"{path} is a malformed llm-tokenizer file"):
         merges = {(left, right): rank for left, right, rank in data["merges"]}
         options = {name: data[name] for name in _OPTIONS + _TOKEN_SETS if name in data}
         return Tokenizer(data["tokens"], merges, special_tokens=data["special_tokens"], **options)
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, TokenizerError):
-            raise
-        raise TokenizerError(
-            f"{path} is a malformed llm-tokenizer file: {type(e).__name__}: {e}"
-        ) from None
+
+
+@contextlib.contextmanager
+def _malformed(what: str) -> Iterator[None]:
+    """Turn the errors that a file of the wrong shape causes into one TokenizerError."""
+    try:
+        yield
+    except TokenizerError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise TokenizerError(f"{what}: {type(e).__name__}: {e}") from None
 
 
 # -- HF tokenizer.json -----------------------------------------------------------------------

@@ -25,9 +25,19 @@ GGUF_PRE_TOKENIZERS = {
 
 
 def tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
-    """See `Tokenizer.from_gguf`.
+    """See `Tokenizer.from_gguf`; turns badly typed metadata into TokenizerError."""
+    try:
+        return _tokenizer_from_gguf(metadata)
+    except TokenizerError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise TokenizerError(
+            f"malformed GGUF tokenizer metadata: {type(e).__name__}: {e}"
+        ) from None
 
-    `metadata` maps GGUF keys to plain Python values (lists, ints, floats, strings), as
+
+def _tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
+    """`metadata` maps GGUF keys to plain Python values (lists, ints, floats, strings), as
     `gguf.GGUFReader` fields decode to. `gpt2` models are byte-level BPE with explicit merges;
     `llama` models are SentencePiece BPE whose merge order comes from the token scores.
     """
