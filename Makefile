@@ -43,3 +43,31 @@ demo: setup ## the main job for now: a tiny random checkpoint, described, and a 
 	$(RUN) llm-core estimate --config configs/llama-125m.yaml --context 2K,32K,128K,1M
 
 .PHONY: demo
+
+bench: setup ## run every benchmark in benches/ (peers group: llama-cpp-python, gguf); figures in docs/benchmarks.md
+	@set -e; for f in benches/*.py; do echo "== $$f"; $(UV) run --frozen --group peers python $$f; done
+
+test-peers: setup ## tests against peer engines (llama-cpp-python), with the peers group
+	$(UV) run --frozen --group peers pytest -m peers -q $(PYTEST_ARGS)
+
+.PHONY: bench test-peers
+
+demo-model: setup ## train the bundled demo model (stdlib docstrings + generated Q&A, ~30 min on 2 cores)
+	@mkdir -p .demo/model && date +%s > .demo/model/started
+	$(RUN) python -m llm_train.demo corpus .demo/model/corpus
+	$(RUN) llm-train prepare .demo/model/corpus/stdlib.jsonl .demo/model/corpus/instructions.jsonl \
+		--train-tokenizer --vocab-size 4096 --out .demo/model/data
+	rm -rf .demo/model/run
+	$(RUN) llm-train pretrain --config configs/demo.yaml
+	$(RUN) python -m llm_train.demo card .demo/model/run --data .demo/model/data \
+		--dest packages/llm-infer/src/llm_infer/demo_model --started $$(cat .demo/model/started)
+
+.PHONY: demo-model
+
+chat: setup ## the chat REPL on the bundled demo model (a pipe on stdin: one plain answer)
+	$(RUN) llm-repl
+
+smoke-repl: setup ## llm-repl in tmux: type a question, check an answer and the stats line appear
+	scripts/smoke_repl.sh
+
+.PHONY: chat smoke-repl
