@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -85,57 +86,59 @@ def stream(
     label: str,
     console: Console,
 ) -> tuple[list[Mark], str]:
-    """Prefill random tokens chunk by chunk; at each mark, time the last stretch and decode."""
+    """Prefill random tokens chunk by chunk; at each mark, report the rates and decode.
+
+    Rates use the median time per chunk (prefill, over the chunks in the last 10% before the
+    mark) and per step (decode), so a burst of load from elsewhere does not move them.
+    """
     gen = torch.Generator().manual_seed(0)
     marks_left = [m for m in marks if m <= total]
-    done, results = 0, []
-    span_start_tokens, span_start_time = 0, time.perf_counter()
+    done, results, chunk_times = 0, [], []
     start = time.perf_counter()
     stopped = f"reached {total:,} tokens"
+    full = f"stopped at {{:,}} tokens: the {label} cache is full"
     with torch.inference_mode():
         while done < total and marks_left:
             n = min(chunk, marks_left[0] - done)
-            if marks_left[0] - done - n < chunk // 2 and marks_left[0] - done > n:
-                n = marks_left[0] - done  # no tiny last chunk before a mark
             tokens = torch.randint(0, model.config.vocab_size, (1, n), generator=gen)
+            t0 = time.perf_counter()
             try:
                 model.prefill(tokens, cache, chunk_size=n)
             except CacheFullError:
-                stopped = f"stopped at {done:,} tokens: the static cache's memory budget is full"
+                stopped = full.format(done)
                 break
+            if done >= 0.9 * marks_left[0] - chunk:
+                chunk_times.append((time.perf_counter() - t0) / n)  # seconds per token
             done += n
-            # the prefill rate is measured over the last ~10% before each mark
-            if done < marks_left[0] * 0.9:
-                span_start_tokens, span_start_time = done, time.perf_counter()
             if done == marks_left[0]:
-                prefill_rate = (done - span_start_tokens) / (time.perf_counter() - span_start_time)
                 token = torch.randint(0, model.config.vocab_size, (1, 1), generator=gen)
-                t0 = time.perf_counter()
+                step_times = []
                 try:
                     for _ in range(decode_steps):
+                        t0 = time.perf_counter()
                         token = model(token, cache)[:, -1:].argmax(-1)
+                        step_times.append(time.perf_counter() - t0)
                 except CacheFullError:
-                    stopped = (
-                        f"stopped at {done:,} tokens: the static cache's memory budget is full"
-                    )
+                    stopped = full.format(done)
                     break
-                decode_rate = decode_steps / (time.perf_counter() - t0)
                 done += decode_steps
                 results.append(
                     Mark(
                         cache=label,
                         tokens=marks_left.pop(0),
-                        prefill_tok_s=prefill_rate,
-                        decode_tok_s=decode_rate,
+                        prefill_tok_s=1 / statistics.median(chunk_times),
+                        decode_tok_s=1 / statistics.median(step_times),
                         rss_mib=rss_bytes() / 2**20,
                         peak_rss_mib=peak_rss_bytes() / 2**20,
                         cache_mib=cache.nbytes / 2**20,
                     )
                 )
+                chunk_times = []
+                m = results[-1]
                 console.print(
-                    f"  {label}: {results[-1].tokens:>9,} tokens, {prefill_rate:8.0f} tok/s prefill"
+                    f"  {label}: {m.tokens:>9,} tokens, {m.prefill_tok_s:8.0f} tok/s prefill, "
+                    f"{m.decode_tok_s:6.0f} tok/s decode, RSS {m.rss_mib:,.0f} MiB"
                 )
-                span_start_tokens, span_start_time = done, time.perf_counter()
             if time.perf_counter() - start > seconds:
                 stopped = f"stopped at {done:,} tokens: over its time budget of {seconds:.0f} s"
                 break
@@ -156,10 +159,12 @@ def position_modes(window: int, sinks: int, steps: int) -> list[dict]:
             token = torch.zeros(1, 1, dtype=torch.long)
             for _ in range(cache.capacity):  # evict one full cache's worth
                 token = model(token, cache)[:, -1:].argmax(-1)
-            t0 = time.perf_counter()
+            step_times = []
             for _ in range(steps):
+                t0 = time.perf_counter()
                 token = model(token, cache)[:, -1:].argmax(-1)
-            rows.append({"position_mode": mode, "decode_tok_s": steps / (time.perf_counter() - t0)})
+                step_times.append(time.perf_counter() - t0)
+            rows.append({"position_mode": mode, "decode_tok_s": 1 / statistics.median(step_times)})
     return rows
 
 
