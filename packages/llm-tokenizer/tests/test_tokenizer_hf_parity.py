@@ -197,3 +197,18 @@ def test_added_token_flags_and_post_processor_match_hf(hf_byte_level, tmp_path):
     ours.save(tmp_path / "ours.json")
     reloaded = Tokenizer.from_file(tmp_path / "ours.json")
     assert [reloaded.encode(t, add_bos=True) for t in texts] == [hf.encode(t).ids for t in texts]
+
+
+@pytest.mark.parametrize(
+    ("add_prefix_space", "ignore_merges"), [(True, False), (False, True), (True, True)]
+)
+def test_byte_level_options_match_hf(
+    hf_byte_level, corpus, tmp_path, add_prefix_space, ignore_merges
+):
+    data = json.loads(hf_byte_level.to_str())
+    data["pre_tokenizer"]["add_prefix_space"] = add_prefix_space
+    data["model"]["ignore_merges"] = ignore_merges
+    hf = HFTokenizer.from_str(json.dumps(data))
+    ours = Tokenizer.from_file(save_hf(hf, tmp_path))
+    assert (ours.add_prefix_space, ours.ignore_merges) == (add_prefix_space, ignore_merges)
+    assert_same_as_hf(ours, hf, corpus["held_out"][:200_000])
