@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sysconfig
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,7 +40,7 @@ WEATHER_TOOL = {
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
-    """A random 2-layer model (context 256) and a 400-id BPE, eos ``<|im_end|>``, ChatML."""
+    """A random 2-layer model (context 1024) and a 400-id BPE, eos ``<|im_end|>``, ChatML."""
     text = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text()
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     trained = Tokenizer.train([text], 400, special_tokens=special, eos_token="<|im_end|>")
@@ -62,7 +64,7 @@ def checkpoint(tmp_path_factory) -> Path:
         n_layer=2,
         n_head=4,
         n_kv_head=2,
-        max_seq_len=256,
+        max_seq_len=1024,
         mlp="swiglu",
         init_std=0.2,  # peaked logits: greedy argmax ties are unlikely
     )
@@ -114,3 +116,42 @@ def server(llm) -> Iterator[ServerThread]:
 def client(server) -> openai.OpenAI:
     """The official OpenAI client, pointed at the in-process server."""
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+class GatedModel:
+    """A model whose every forward waits for ``gate`` and then sleeps ``delay`` seconds.
+
+    Lets a test hold the engine mid-step (to fill its queue) or slow it down (to count the
+    steps a cancellation takes). Everything else is the wrapped model's.
+    """
+
+    def __init__(self, model, delay: float = 0.0) -> None:
+        self.model = model
+        self.delay = delay
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def forward(self, tokens, cache=None, positions=None):
+        self.gate.wait(timeout=20)
+        time.sleep(self.delay)
+        return self.model.forward(tokens, cache, positions)
+
+
+@pytest.fixture
+def gated(llm):
+    """``gated(delay=0.0, **server_options) -> (GatedModel, ServerThread)`` on the tiny model."""
+
+    def make(delay: float = 0.0, **options):
+        model = GatedModel(llm.model, delay)
+        return model, serve(LLM(model, llm.tokenizer), **options)
+
+    return make
+
+
+@pytest.fixture
+def make_server(llm):
+    """``make_server(**server_options)``: another server on the tiny model (enter it with ``with``)."""
+    return lambda **options: serve(llm, **options)

@@ -234,7 +234,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        loc = [str(part) for part in first.get("loc", ()) if _field_part(part)]
         param = ".".join(loc) or None
         where = f"{param}: " if param else ""
         message = f"{where}{first.get('msg', 'invalid value')}"
@@ -256,6 +256,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(500, f"internal error: {type(exc).__name__}: {exc}"), status_code=500
         )
+
+
+def _field_part(part: str | int) -> bool:
+    """Whether a pydantic error location part names a field or an index (not a union member)."""
+    if isinstance(part, int):
+        return True
+    return part != "body" and part.isidentifier() and part[0].islower() and part not in TYPE_TAGS
+
+
+TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
 # -- the server's state and the request plumbing ---------------------------------------------
