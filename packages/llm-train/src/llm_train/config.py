@@ -30,6 +30,7 @@ class RunConfig(BaseModel):
     batch_size: int = 8
     micro_batch_size: int | None = None  # None: batch_size / world size (no accumulation)
     max_steps: int = 1000
+    max_minutes: float | None = None  # stop (and checkpoint) once training took this long
     lr: float = 3e-4
     min_lr_ratio: float = 0.1  # the cosine schedule's floor, as a fraction of lr
     warmup_steps: int = 100

@@ -310,28 +310,25 @@ Doc = tuple[np.ndarray, "np.ndarray | None"]
 
 
 def _split(docs: list[Doc], val_fraction: float, seed: int) -> tuple[list[Doc], list[Doc]]:
+    """Whole documents (in seeded random order) to ``val`` while they fit in its share of the
+    tokens; when none fits, the largest document is cut in two instead."""
     if val_fraction == 0.0:
         return docs, []
-    total = sum(len(ids) for ids, _ in docs)
-    want = int(total * val_fraction)
-    if len(docs) == 1:
-        ids, mask = docs[0]
-        cut = len(ids) - max(want, 1)
-        return [(ids[:cut], None if mask is None else mask[:cut])], [
-            (ids[cut:], None if mask is None else mask[cut:])
-        ]
-    order = np.random.default_rng(seed).permutation(len(docs))
+    want = max(int(sum(len(ids) for ids, _ in docs) * val_fraction), 1)
     val_ids, got = set(), 0
-    for i in order:
-        if got >= want and val_ids:
-            break
-        val_ids.add(int(i))
-        got += len(docs[i][0])
-    if len(val_ids) == len(docs):
-        val_ids.discard(int(order[-1]))
-    train = [d for i, d in enumerate(docs) if i not in val_ids]
-    val = [d for i, d in enumerate(docs) if i in val_ids]
-    return train, val
+    for i in np.random.default_rng(seed).permutation(len(docs)):
+        if got + len(docs[i][0]) <= want:
+            val_ids.add(int(i))
+            got += len(docs[i][0])
+    if val_ids and len(val_ids) < len(docs):
+        train = [d for i, d in enumerate(docs) if i not in val_ids]
+        return train, [d for i, d in enumerate(docs) if i in val_ids]
+    j = max(range(len(docs)), key=lambda i: len(docs[i][0]))
+    ids, mask = docs[j]
+    cut = len(ids) - want
+    head = (ids[:cut], None if mask is None else mask[:cut])
+    tail = (ids[cut:], None if mask is None else mask[cut:])
+    return [*docs[:j], head, *docs[j + 1 :]], [tail]
 
 
 def _write_split(

@@ -43,15 +43,22 @@ def validation_loss(
 
 
 def unigram_loss(train: TokenShards, val: TokenShards, vocab_size: int) -> float:
-    """Loss (nats per token) on ``val`` of token frequencies counted on ``train`` (add-one smoothed)."""
+    """Loss (nats per learned token) on ``val`` of the token frequencies of ``train``.
+
+    Counts are add-one smoothed; where a split has loss masks, only learned tokens count.
+    """
     counts = np.ones(vocab_size, np.float64)
-    for shard in train.tokens:
-        counts += np.bincount(shard, minlength=vocab_size)[:vocab_size]
+    for shard, mask in zip(train.tokens, train.masks, strict=True):
+        ids = shard if mask is None else shard[np.asarray(mask) == 1]
+        counts += np.bincount(ids, minlength=vocab_size)[:vocab_size]
     logp = np.log(counts / counts.sum())
     total, n = 0.0, 0
-    for shard in val.tokens:
-        total -= float(logp[np.asarray(shard, np.int64)].sum())
-        n += len(shard)
+    for shard, mask in zip(val.tokens, val.masks, strict=True):
+        ids = np.asarray(shard, np.int64)
+        if mask is not None:
+            ids = ids[np.asarray(mask) == 1]
+        total -= float(logp[ids].sum())
+        n += len(ids)
     return total / max(n, 1)
 
 

@@ -25,12 +25,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from llm_core import CheckpointError, ModelConfig, Transformer, load_model
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
 
 from llm_train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from llm_train.config import RunConfig
@@ -218,6 +212,11 @@ class Trainer:
         return DistributedDataParallel(model)
 
     def _restore(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
         self.train_loader.check_state(state["loader"])
         set_optimizer_state_dict(
             self.model,
@@ -252,6 +251,7 @@ class Trainer:
         val_loss = None
         stopped = False
         saved: Path | None = None
+        deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
         with self._progress_bar() as (bar, task):
             while self.step < cfg.max_steps and not stopped:
                 start = time.perf_counter()
@@ -272,7 +272,12 @@ class Trainer:
                     if val_loss is not None:
                         record |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
                         stopped = self._early_stop(val_loss)
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps or stopped:
+                if cfg.max_minutes is not None and self._out_of_time(deadline):
+                    stopped = True
+                last = self.step == cfg.max_steps or stopped
+                if last and "val_loss" not in record and (val_loss := self.evaluate()) is not None:
+                    record |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+                if self.step % cfg.checkpoint_every == 0 or last:
                     saved = self.save()
                 if metrics is not None and (self.step % cfg.log_every == 0 or "val_loss" in record):
                     metrics.write(json.dumps(record) + "\n")
@@ -325,7 +330,7 @@ class Trainer:
         for x, y in self.val_loader.eval_batches(self.cfg.eval_windows, self.micro):
             x, y = x.to(self.world.device), y.to(self.world.device)
             with self._autocast():
-                logits = self.forward(x)  # (B, T, V)
+                logits = self.model(x)  # (B, T, V); eager: a compiled model would recompile
             total += float(
                 F.cross_entropy(
                     logits.flatten(0, 1).float(),
@@ -337,6 +342,13 @@ class Trainer:
             count += int((y != IGNORE_INDEX).sum())
         self.model.train()
         return total / max(count, 1)
+
+    def _out_of_time(self, deadline: float) -> bool:
+        """Rank 0's clock decides, so that every process stops at the same step."""
+        flag = torch.tensor([time.monotonic() > deadline])
+        if self.world.size > 1:
+            dist.broadcast(flag, 0)
+        return bool(flag)
 
     def _early_stop(self, val_loss: float) -> bool:
         if val_loss < self.best_val - self.cfg.early_stopping_min_delta:
@@ -350,6 +362,12 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Checkpoint the current step (all processes take part; rank 0 writes)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(self.model, options=options)
         optimizer = get_optimizer_state_dict(self.model, self.optimizer, options=options)
