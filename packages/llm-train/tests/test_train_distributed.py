@@ -24,7 +24,14 @@ def test_two_processes_match_one(
     config = make_config(
         tmp_path / "two.yaml", prepared, tmp_path / "two", max_steps=10, distributed=strategy
     )
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+    ]
     command += ["-m", "llm_train.cli", "pretrain", "--config", str(config), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from llm_core import Transformer
+from llm_core import ModelConfig, Transformer
 
 from llm_train.loader import IGNORE_INDEX, BatchLoader, TokenShards
 
@@ -81,14 +81,14 @@ def token_losses(
 
 def with_ntk(model: Transformer, length: int) -> Transformer:
     """A copy of ``model`` whose RoPE is NTK-scaled from its training length to ``length``."""
-    config = model.config.model_copy(
-        update={
+    config = ModelConfig.from_dict(
+        {
+            **model.config.to_dict(),
             "max_seq_len": length,
             "original_max_seq_len": model.config.training_seq_len,
             "rope_scaling": {"type": "ntk"},
         }
     )
-    config = type(config).from_dict(config.to_dict())
     scaled = Transformer(config).to(model.device)
     scaled.load_state_dict(model.state_dict())
     return scaled.eval()
