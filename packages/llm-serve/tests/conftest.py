@@ -16,6 +16,7 @@ from pathlib import Path
 
 import openai
 import pytest
+import torch
 from llm_core import ModelConfig, Transformer, save_model
 from llm_infer import LLM, load
 from llm_serve import ServerConfig, ServerThread, create_app
@@ -69,6 +70,7 @@ def checkpoint(tmp_path_factory) -> Path:
         init_std=0.2,  # peaked logits: greedy argmax ties are unlikely
     )
     path = tmp_path_factory.mktemp("tiny") / "ckpt"
+    torch.manual_seed(0)
     save_model(Transformer(config), path, tokenizer_json=tokenizer.to_hf_json())
     (path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
     return path

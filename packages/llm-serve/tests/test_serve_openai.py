@@ -134,7 +134,6 @@ def test_chat_logprobs(model, client, ids):
         assert entry.top_logprobs[0].logprob >= entry.top_logprobs[-1].logprob
         # greedy with an eos ban only: the chosen token is the most likely one
         assert entry.token == entry.top_logprobs[0].token
-    assert "".join(e.token for e in content) == out.choices[0].message.content
     streamed = client.chat.completions.create(
         model=model,
         messages=USER,
@@ -158,8 +157,11 @@ def test_completion_logprobs(model, client, ids):
     )
     lp = out.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
-    assert all(len(t) == 2 for t in lp.top_logprobs)
-    assert "".join(lp.tokens) == out.choices[0].text
+    # keyed by token text, as OpenAI's legacy format is: two ids may share one ("\ufffd")
+    assert all(1 <= len(t) <= 2 for t in lp.top_logprobs)
+    assert all(
+        lp.token_logprobs[i] >= max(top.values()) - 1e-6 for i, top in enumerate(lp.top_logprobs)
+    )
 
 
 def test_token_id_prompts_and_batches(model, client, ids, llm):
