@@ -157,3 +157,9 @@ def gated(llm):
 def make_server(llm):
     """``make_server(**server_options)``: another server on the tiny model (enter it with ``with``)."""
     return lambda **options: serve(llm, **options)
+
+
+@pytest.fixture(scope="module")
+def make_server_module(llm):
+    """:func:`make_server`, for module-scoped servers."""
+    return lambda **options: serve(llm, **options)
