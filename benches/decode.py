@@ -150,10 +150,13 @@ def best_of(repeats: int, fn):
 
 
 def read_bandwidth(nbytes: int, repeats: int) -> float:
-    """Bytes/s of summing a float32 buffer of ``nbytes`` (the best of ``repeats``)."""
-    buf = torch.ones(nbytes // 4)
-    _, seconds = best_of(repeats, lambda: float(buf.sum()))
-    return nbytes / seconds
+    """Bytes/s of reading a float32 buffer of ``nbytes``: the best of a sum and a matrix-vector
+    product (decode's own access pattern) over ``repeats`` tries each."""
+    buf = torch.ones(nbytes // 4 // 4096, 4096)  # (rows, 4096)
+    ones = torch.ones(4096)  # (4096,)
+    _, sum_s = best_of(repeats, lambda: float(buf.sum()))
+    _, mv_s = best_of(repeats, lambda: torch.mv(buf, ones))
+    return buf.numel() * 4 / min(sum_s, mv_s)
 
 
 def agreement(a: list[int], b: list[int]) -> int:
