@@ -82,8 +82,9 @@ def test_leaving_a_stream_early_cancels_within_a_step(llm):
             async for _ in stream:
                 break
             await stream.aclose()
-            for _ in range(3):
-                await asyncio.sleep(0.05)
+            steps = engine.stats().steps
+            while engine.stats().running and engine.stats().steps <= steps + 1:
+                await asyncio.sleep(0.01)
             return engine.stats()
 
     stats = run(main())
