@@ -198,3 +198,11 @@ def test_sampling_extras_are_accepted(model, client, ids):
         **no_eos(ids),
     )
     assert out.usage.completion_tokens == 6
+
+
+def test_tiny_temperature_is_greedy(model, client, ids):
+    """logits / 1e-300 would overflow to NaN probabilities; below 1e-5 the server decodes greedily."""
+    params = dict(model=model, messages=USER, max_tokens=6, **no_eos(ids))
+    greedy = client.chat.completions.create(**params, temperature=0).choices[0].message.content
+    tiny = client.chat.completions.create(**params, temperature=1e-300).choices[0].message.content
+    assert tiny == greedy

@@ -41,7 +41,8 @@ class _Sampling(_Body):
     # extras beyond OpenAI's API, as vLLM and llama.cpp's server accept them
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0)
+    # bounded so that logits / penalty and logits * penalty stay finite
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100)
 
 
 class CompletionRequest(_Sampling):
