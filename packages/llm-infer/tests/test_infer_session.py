@@ -54,3 +54,12 @@ def test_sink_session_never_runs_out(llm):
         reply = session.send(f"turn {turn} " * 4, temperature=0, max_tokens=12, ignore_eos=True)
         assert reply.usage.completion_tokens == 12
     assert session.position > 36  # far past the ring's 36 slots
+
+
+def test_an_abandoned_stream_leaves_the_session_usable(llm):
+    session = llm.session()
+    stream = session.stream("first", temperature=0, max_tokens=30, ignore_eos=True)
+    next(stream)
+    stream.close()
+    fresh = llm.session().send("second", temperature=0, max_tokens=8)
+    assert session.send("second", temperature=0, max_tokens=8).token_ids == fresh.token_ids

@@ -326,7 +326,8 @@ class Engine:
             self._waiting.remove(request)
             self._finish(request, request.generation.cancel())
         for request in [r for r in self._running if r.cancelled]:
-            self._finish(request, request.generation.cancel())
+            finished = request.generation.finished  # it may have ended in the step just run
+            self._finish(request, "" if finished else request.generation.cancel())
 
     def _outstanding(self, request: _Request) -> int:
         """Blocks ``request`` may still allocate before it finishes."""

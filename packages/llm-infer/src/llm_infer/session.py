@@ -85,7 +85,7 @@ class Session:
             sp = llm.fit(sp, held, len(new_ids), limit=self.limit)
         elif sp.max_tokens is None:
             sp = replace(sp, max_tokens=DEFAULT_MAX_TOKENS)
-        if held == 0 and self.position:
+        if held == 0:  # a fresh start, or the history no longer matches what the cache holds
             self.cache.reset()
             self.position = 0
         generation = Generation(new_ids, sp, llm.tokenizer, llm.vocab_size, cached_tokens=held)
