@@ -58,7 +58,6 @@ __all__ = ["ServerConfig", "create_app"]
 def create_app(llm: LLM, config: ServerConfig) -> FastAPI:
     """The FastAPI app serving ``llm`` under ``config.model_name``.
 
-
     The engine starts with the app's lifespan (uvicorn runs it); ``app.state.server`` is the
     :class:`Server` behind the routes (its ``engine`` while running, and ``metrics``).
     """

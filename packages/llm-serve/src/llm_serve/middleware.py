@@ -33,7 +33,6 @@ OPEN_ROUTES = ("/health",)  # answered without the API key
 class Guard:
     """Counts requests, checks the API key and caps the body size, before the app sees them.
 
-
     The body is read here (up to ``max_body_bytes``) and replayed to the app, so a chunked
     upload cannot slip past the cap; an over-long one is answered 413 at once.
     """

@@ -47,7 +47,6 @@ async def wait_all(handles: list[RequestHandle], request: Request) -> list[Compl
 async def merged(handles: list[RequestHandle]) -> AsyncIterator[tuple[int, str | Completion]]:
     """``(choice index, text delta or final Completion)`` from every handle, as they come.
 
-
     Leaving early cancels every handle.
     """
     queue: asyncio.Queue[tuple[int, str | Completion | BaseException]] = asyncio.Queue()

@@ -23,7 +23,7 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _Sampling(_Body):
+class SamplingRequest(_Body):
     """The sampling fields shared by completions and chat completions."""
 
     model: str
@@ -45,7 +45,7 @@ class _Sampling(_Body):
     repetition_penalty: float | None = Field(None, ge=0.01, le=100)
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingRequest):
     """``POST /v1/completions``: ``prompt`` is text, token ids, or a list of either (a batch)."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
@@ -102,7 +102,7 @@ class NamedToolChoice(_Body):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingRequest):
     """``POST /v1/chat/completions``."""
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]

@@ -21,7 +21,7 @@ from llm_infer.engine import Engine, RequestHandle
 
 from llm_serve.errors import APIError
 from llm_serve.metrics import Metrics
-from llm_serve.schemas import MAX_N, _Sampling
+from llm_serve.schemas import MAX_N, SamplingRequest
 
 GREEDY_BELOW = 1e-5  # a smaller temperature overflows logits / T to inf (NaN probabilities)
 SAMPLING_FIELDS = (
@@ -39,7 +39,6 @@ SAMPLING_FIELDS = (
 @dataclass(frozen=True)
 class ServerConfig:
     """How the server runs.
-
 
     ``model_name`` is the id clients name in ``model``; ``api_key`` (None: no auth) is checked
     as ``Authorization: Bearer <key>`` on every route but ``/health``; bodies above
@@ -107,10 +106,9 @@ class Server:
             raise APIError(400, str(exc), param=param, code="invalid_value") from None
 
     def sampling(
-        self, body: _Sampling, prompt_tokens: int, max_tokens: int | None, **extra: Any
+        self, body: SamplingRequest, prompt_tokens: int, max_tokens: int | None, **extra: Any
     ) -> dict[str, Any]:
         """llm-infer sampling keywords for ``body``, validated (raises a 400 naming the field).
-
 
         Without ``max_tokens``, the reply may fill the context left, within the server's cap. A
         temperature below :data:`GREEDY_BELOW` is greedy decoding, as in vLLM.
@@ -151,7 +149,6 @@ class Server:
         param: str,
     ) -> list[RequestHandle]:
         """Submit ``n`` choices of each prompt (choice ``i`` seeded ``seed + i``).
-
 
         All or none: when one cannot be queued, those already queued are cancelled. Raises
         400 (context length), 503 (queue full, or not running).
