@@ -25,8 +25,6 @@ ROUTES = (
     "/health",
     "/metrics",
 )
-
-
 OPEN_ROUTES = ("/health",)  # answered without the API key
 
 
@@ -116,6 +114,8 @@ async def _send_error(send: Send, error: APIError) -> None:
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    """Answer validation errors (400), HTTP errors (404, 405) and crashes (500) in OpenAI's shape."""
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return exc.response()
