@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from llm_infer import ContextLengthError, LoadError, SamplingError, load
+
+load_module = importlib.import_module("llm_infer.load")  # the package re-exports the function
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -138,9 +142,11 @@ def test_bad_prompts(llm):
         llm.generate([10**6])
 
 
-def test_load_errors_name_what_is_missing(tmp_path, llama_dir):
+def test_load_errors_name_what_is_missing(tmp_path, llama_dir, monkeypatch):
+    monkeypatch.setattr(load_module, "DEMO_DIR", tmp_path / "no-demo")
     with pytest.raises(LoadError, match="demo model is not built yet"):
         load("demo")
+    monkeypatch.undo()
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     with pytest.raises(LoadError, match="GGUF needs llm-quant's GGUF reader"):
@@ -160,3 +166,13 @@ def test_load_reads_chat_template_and_dtype(llama_dir):
     assert "<|im_start|>" in llm.chat_prompt([{"role": "user", "content": "x"}])
     assert llm.tokenizer.eos_token_ids
     assert llm.generate("x", temperature=0, max_tokens=3).usage.completion_tokens <= 3
+
+
+def test_load_demo_when_bundled():
+    if not (load_module.DEMO_DIR / "config.json").is_file():
+        pytest.skip("the demo model is not built")
+    llm = load("demo")
+    reply = llm.chat(
+        [{"role": "user", "content": "What does json.dumps do?"}], temperature=0, max_tokens=8
+    )
+    assert reply.usage.completion_tokens >= 1

@@ -11,6 +11,7 @@ from llm_tokenizer import Tokenizer, TokenizerError
 from llm_infer.errors import LoadError
 from llm_infer.llm import LLM
 
+DEMO_DIR = Path(__file__).parent / "demo_model"  # the bundled model, loaded by the name "demo"
 DTYPE_NAMES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -29,18 +30,20 @@ def load(
 ) -> LLM:
     """Load a model and its tokenizer, ready to generate.
 
-    ``source`` is an llm-core checkpoint directory or an HF Llama/Mistral/Qwen2 directory
+    ``source`` is an llm-core checkpoint directory, an HF Llama/Mistral/Qwen2 directory
     (``config.json``, ``*.safetensors``, ``tokenizer.json``; the chat template is read from
-    ``tokenizer_config.json``). ``dtype`` is a torch dtype or its name (``"bf16"``, ...).
+    ``tokenizer_config.json``), or ``"demo"``, the small model bundled with this package. ``dtype`` is a torch dtype or its name (``"bf16"``, ...).
 
     Raises :class:`LoadError` naming the path and what is wrong with it: missing, not a
     model, no tokenizer, a tokenizer larger than the model's vocabulary, or a kind of source
-    that is not available yet (GGUF files, the bundled ``demo`` model).
+    that is not available yet (GGUF files; ``demo`` when the bundled model is not built).
     """
     if str(source) == "demo":
-        raise LoadError(
-            "the bundled demo model is not built yet; pass a checkpoint or HF model directory"
-        )
+        if not (DEMO_DIR / "config.json").is_file():
+            raise LoadError(
+                f"the bundled demo model is not built yet (no {DEMO_DIR}; `make demo-model` builds it)"
+            )
+        source = DEMO_DIR
     path = Path(source)
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
