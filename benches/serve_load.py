@@ -12,7 +12,7 @@ Phases: one client alone (tokens/s of a single stream); ``--clients`` at once, o
 each (time to first token p50/p99, aggregate tokens/s); then ``--requests`` requests through
 ``--clients`` workers, with the server's RSS after the first 100 and after all of them. Every
 stream must be a 200 that ends with ``data: [DONE]`` and generates exactly ``--tokens`` tokens
-(end of sequence is banned by logit_bias). Prints a table and appends one JSON line to
+(``ignore_eos``). Prints a table and appends one JSON line to
 .bench/serve_load.jsonl.
 """
 
@@ -223,14 +223,13 @@ def main() -> int:
                     print("serve_load: the server did not start", file=sys.stderr)
                     return 1
                 time.sleep(0.2)
-            eos = httpx.post(f"{url}/tokenize", json={"prompt": "<|im_end|>"}).json()["tokens"]
             body = {
                 "model": "bench",
                 "prompt": "The quick brown fox jumps over the lazy dog, again and again",
                 "max_tokens": args.tokens,
                 "stream": True,
                 "stream_options": {"include_usage": True},
-                "logit_bias": {str(eos[0]): -100} if len(eos) == 1 else {},
+                "ignore_eos": True,
             }
             result = asyncio.run(run_phases(url, server.pid, args, body))
         finally:

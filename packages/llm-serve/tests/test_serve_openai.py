@@ -194,7 +194,7 @@ def test_sampling_extras_are_accepted(model, client, ids):
         presence_penalty=0.5,
         frequency_penalty=0.5,
         seed=3,
-        extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.2},
+        extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.2, "min_tokens": 2},
         **no_eos(ids),
     )
     assert out.usage.completion_tokens == 6
@@ -206,3 +206,14 @@ def test_tiny_temperature_is_greedy(model, client, ids):
     greedy = client.chat.completions.create(**params, temperature=0).choices[0].message.content
     tiny = client.chat.completions.create(**params, temperature=1e-300).choices[0].message.content
     assert tiny == greedy
+
+
+def test_ignore_eos_runs_to_max_tokens(model, client, ids):
+    out = client.chat.completions.create(
+        model=model,
+        messages=USER,
+        max_tokens=5,
+        logit_bias={str(ids["eos"]): 100},
+        extra_body={"ignore_eos": True},
+    )
+    assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == 5

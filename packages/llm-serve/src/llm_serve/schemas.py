@@ -43,6 +43,8 @@ class SamplingRequest(_Body):
     min_p: float | None = Field(None, ge=0, le=1)
     # bounded so that logits / penalty and logits * penalty stay finite
     repetition_penalty: float | None = Field(None, ge=0.01, le=100)
+    min_tokens: int | None = Field(None, ge=0)
+    ignore_eos: bool | None = None
 
 
 class CompletionRequest(SamplingRequest):

@@ -33,6 +33,8 @@ SAMPLING_FIELDS = (
     "presence_penalty",
     "frequency_penalty",
     "stop",
+    "min_tokens",
+    "ignore_eos",
 )
 
 
