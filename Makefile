@@ -37,7 +37,7 @@ check-wheels: build ## install each wheel alone (with its siblings' wheels) into
 
 .PHONY: help setup test test-all lint format build check-wheels
 
-demo: setup ## the main job for now: a tiny random checkpoint, described, and a long-context memory estimate
+demo: setup ## a tiny random checkpoint, described, and a long-context memory estimate
 	$(RUN) llm-core init --config configs/tiny.yaml --out .demo/tiny
 	$(RUN) llm-core info .demo/tiny
 	$(RUN) llm-core estimate --config configs/llama-125m.yaml --context 2K,32K,128K,1M
@@ -71,3 +71,8 @@ smoke-repl: setup ## llm-repl in tmux: type a question, check an answer and the 
 	scripts/smoke_repl.sh
 
 .PHONY: chat smoke-repl
+
+serve: setup ## llm-serve on the demo model at http://127.0.0.1:8000 (OpenAI-compatible)
+	$(RUN) llm-serve
+
+.PHONY: serve
