@@ -110,7 +110,7 @@ def build(out_dir: str | Path, *, root: Path | None = None, seed: int = 0) -> tu
                 continue
             subject = f"The {name} module" if kind == "module" else name
             answer = f"{subject}: {sentence}"
-            for template in rng.sample(QUESTIONS[kind], 2 if kind != "module" else 1):
+            for template in QUESTIONS[kind]:
                 question = template.format(name=name)
                 chats.append(
                     {
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("corpus", help="write stdlib.jsonl and instructions.jsonl")
     p.add_argument("out_dir", type=Path, help="where to write the two JSONL files")
-    p.add_argument("--seed", type=int, default=0, help="seed of the question sampling")
+    p.add_argument("--seed", type=int, default=0, help="seed of the order of the questions")
     p = sub.add_parser("card", help="publish a run's latest checkpoint with its model card")
     p.add_argument("run_dir", type=Path, help="the run's out_dir")
     p.add_argument("--data", type=Path, required=True, help="the prepared data directory")
