@@ -185,17 +185,22 @@ def write_card(
     index = json.loads((data_dir / "index.json").read_text())
     cfg = model.config
     steps = metrics[-1]["step"]
+    cut = (
+        ""
+        if steps == run["max_steps"]
+        else f"; max_minutes stopped it before step {run['max_steps']}"
+    )
     samples = "\n".join(f"- **{q}**\n  {answer(model, tokenizer, q)}" for q in questions)
     card = f"""# The llm demo model
 
 A {model.num_parameters() / 1e6:.1f}M-parameter GPT-style model ({cfg.n_layer} layers of {cfg.n_embd}, {cfg.n_head} heads,
 GeLU MLP, RMSNorm, RoPE, tied embeddings, byte-level BPE of {tokenizer.vocab_size} tokens) trained
 at context {seq_len} by `make demo-model` on text every Python installation has: the docstrings
-of the Python standard library, and {index["splits"]["train"]["documents"]} documents in all
-with a generated instruction set ("What does json.dumps do?" answered with the name and the
-first sentence of its docstring; only the answers are learned).
+of the Python standard library and a generated instruction set ("What does json.dumps do?"
+answered with the name and the first sentence of its docstring; only the answers are
+learned): {index["splits"]["train"]["documents"]} training documents in all.
 
-- Training: {steps} steps of {run["batch_size"]} x {seq_len} tokens ({steps * run["batch_size"] * seq_len / 1e6:.2f}M tokens),
+- Training: {steps} steps of {run["batch_size"]} x {seq_len} tokens ({steps * run["batch_size"] * seq_len / 1e6:.2f}M tokens{cut}),
   AdamW lr {run["lr"]} cosine to {run["min_lr_ratio"]} x, {seconds / 60:.1f} minutes in all (data, tokenizer,
   training, this card) on a 2-core x86_64 VM (shared), {time.strftime("%Y-%m-%d")}.
 - Held-out perplexity (the validation split: {val.num_tokens} tokens of docstrings and
