@@ -70,10 +70,15 @@ def test_history_persists_between_runs(fake_server, tmp_path):
     child.expect(pexpect.EOF)
 
     child = spawn("--server", fake_server.url, history=history)
-    child.send("\x1b[A")  # Up: the previous run's line comes back
-    child.expect("the first question")
+    for _attempt in range(10):  # prompt-toolkit loads the history in a background thread
+        child.send("\x1b[A")  # Up: the previous run's line comes back
+        if child.expect(["the first question", pexpect.TIMEOUT], timeout=2) == 0:
+            break
+    else:
+        raise AssertionError("Up did not recall the previous run's line")
     child.send("\r")
     child.expect("tokens/s")
+    child.expect_exact(PROMPT)
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
     assert [r["messages"][-1]["content"] for r in fake_server.requests] == [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib.metadata import version as _version
 from pathlib import Path
 
 from llm_tokenizer.patterns import PATTERNS, pattern_name
@@ -79,6 +80,9 @@ def _info(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-tokenizer", description="Train, run and inspect BPE tokenizers."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version('llm-tokenizer')}"
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
