@@ -111,37 +111,28 @@ def test_wrong_format_version_in_config(saved):
         load_model(saved)
 
 
-def test_wrong_format_version_in_weights(saved):
+def _rewrite_weights(saved, edit, version: str = "1") -> None:
+    """Apply ``edit`` to the checkpoint's tensors and write them back with ``format_version``."""
     tensors = ckpt.checkpoint_state_dict(load_model(saved))
-    save_file(
-        tensors,
-        str(saved / "model.safetensors"),
-        metadata={"format": "llm-core", "format_version": "7"},
-    )
+    edit(tensors)
+    meta = {"format": "llm-core", "format_version": version}
+    save_file(tensors, str(saved / "model.safetensors"), metadata=meta)
+
+
+def test_wrong_format_version_in_weights(saved):
+    _rewrite_weights(saved, lambda tensors: None, version="7")
     with pytest.raises(CheckpointError, match="format_version '7' is not supported"):
         load_model(saved)
 
 
 def test_missing_tensor(saved):
-    tensors = ckpt.checkpoint_state_dict(load_model(saved))
-    del tensors["model.layers.1.mlp.up_proj.weight"]
-    save_file(
-        tensors,
-        str(saved / "model.safetensors"),
-        metadata={"format": "llm-core", "format_version": "1"},
-    )
+    _rewrite_weights(saved, lambda tensors: tensors.pop("model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(CheckpointError, match="missing tensor 'model.layers.1.mlp.up_proj.weight'"):
         load_model(saved)
 
 
 def test_wrong_shape_names_tensor_and_both_shapes(saved):
-    tensors = ckpt.checkpoint_state_dict(load_model(saved))
-    tensors["model.norm.weight"] = torch.ones(31)
-    save_file(
-        tensors,
-        str(saved / "model.safetensors"),
-        metadata={"format": "llm-core", "format_version": "1"},
-    )
+    _rewrite_weights(saved, lambda tensors: tensors.update({"model.norm.weight": torch.ones(31)}))
     with pytest.raises(
         CheckpointError, match=r"'model.norm.weight' has shape \(31,\), expected \(32,\)"
     ):
@@ -149,13 +140,7 @@ def test_wrong_shape_names_tensor_and_both_shapes(saved):
 
 
 def test_unexpected_tensor(saved):
-    tensors = ckpt.checkpoint_state_dict(load_model(saved))
-    tensors["model.extra.weight"] = torch.ones(3)
-    save_file(
-        tensors,
-        str(saved / "model.safetensors"),
-        metadata={"format": "llm-core", "format_version": "1"},
-    )
+    _rewrite_weights(saved, lambda tensors: tensors.update({"model.extra.weight": torch.ones(3)}))
     with pytest.raises(CheckpointError, match="unexpected tensor 'model.extra.weight'"):
         load_model(saved)
 
