@@ -82,12 +82,10 @@ def sdpa_attention(
 
     Numerically equal to :func:`attention` up to float rounding; used on CPU for speed.
     """
-    H, H_kv = q.shape[1], k.shape[1]
     mask = attention_mask(q_pos, k_pos, window=window, sink_tokens=sink_tokens)  # (B|1, 1, Tq, Tk)
-    if H_kv != H:
-        k = k.repeat_interleave(H // H_kv, dim=1)  # (B, H, Tk, D)
-        v = v.repeat_interleave(H // H_kv, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    # enable_gqa: each KV head serves its group of query heads without copying k and v
+    gqa = q.shape[1] != k.shape[1]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     # SDPA gives NaN for rows that see no key; the rule says such rows are zeros.
     return out.nan_to_num(0.0)
 
