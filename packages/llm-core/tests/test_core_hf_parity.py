@@ -66,6 +66,9 @@ def test_logits_match_hf(name, tmp_path):
         got = ours(tokens)
     assert want.std() > 0.1, "test weights too small to tell models apart"
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    with torch.no_grad():  # fused q/k/v and gate/up projections: the same logits
+        fused = ours.fuse_projections()(tokens)
+    torch.testing.assert_close(fused, want, atol=1e-4, rtol=0)
     if name == "qwen2-bias-tied":
         assert ours.lm_head.weight is ours.model.embed_tokens.weight
         assert ours.config.qkv_bias and ours.config.tie_embeddings

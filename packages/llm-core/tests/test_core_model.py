@@ -69,3 +69,53 @@ def test_config_dtype_sets_the_parameters_dtype():
     assert model.dtype == torch.bfloat16
     assert model.new_cache(1, 4).k.dtype == torch.bfloat16
     assert model(torch.tensor([[1, 2]])).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(mlp="swiglu", n_kv_head=2), dict(qkv_bias=True, window_size=3, sink_tokens=1)],
+)
+def test_fused_projections_keep_names_memory_and_outputs(overrides):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=97, n_embd=64, n_layer=2, n_head=4, **overrides)
+    model = Transformer(config).eval()
+    tokens = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        want = model(tokens)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    bytes_before = sum(p.numel() for p in model.parameters())
+    model.fuse_projections()
+    attn = model.model.layers[0].self_attn
+    assert attn.qkv is not None and attn.qkv.active() is False  # gradients on: not used
+    with torch.no_grad():
+        assert attn.qkv.active()
+        torch.testing.assert_close(model(tokens), want, atol=1e-5, rtol=1e-5)
+        cache = model.new_cache(2, 16)
+        stepped = [model(tokens[:, t : t + 1], cache)[:, 0] for t in range(9)]
+    torch.testing.assert_close(torch.stack(stepped, 1), want, atol=1e-5, rtol=1e-5)
+    assert attn.q_proj.weight.data_ptr() == attn.qkv.weight.data_ptr()  # a view, not a copy
+    assert sum(p.numel() for p in model.parameters()) == bytes_before
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    # training still sees the separate layers, and the fused product follows their updates
+    loss = model(tokens).logsumexp(-1).mean()
+    loss.backward()
+    assert attn.q_proj.weight.grad is not None
+    with torch.no_grad():
+        attn.k_proj.weight.mul_(2)
+        after = model(tokens)
+        attn.qkv = None
+        torch.testing.assert_close(after, model(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_fusion_ends_when_weights_are_replaced():
+    config = ModelConfig(vocab_size=50, n_embd=32, n_layer=1, n_head=2, mlp="swiglu")
+    model = Transformer(config).eval().fuse_projections()
+    fresh = Transformer(config).state_dict()
+    model.load_state_dict(fresh, assign=True)
+    tokens = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert not model.model.layers[0].self_attn.qkv.active()
+        assert not model.model.layers[0].mlp.gate_up.active()
+        want = Transformer(config).eval()
+        want.load_state_dict(fresh)
+        torch.testing.assert_close(model(tokens), want(tokens))

@@ -118,6 +118,17 @@ def test_attention_scale_argument():
     )
 
 
+def test_attention_with_a_precomputed_mask_equals_the_reference():
+    torch.manual_seed(7)
+    q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
+    q_pos = torch.tensor([[6, 7, 8], [2, 3, 4]])
+    k_pos = torch.tensor([list(range(9)), [0, 1, 2, 3, 4, -1, -1, -1, -1]])
+    mask = attention_mask(q_pos, k_pos, window=3, sink_tokens=1)
+    out = attention(q, k, v, q_pos, k_pos, window=3, sink_tokens=1, mask=mask)
+    expected = reference.attention(q, k, v, q_pos, k_pos, window=3, sink_tokens=1)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
 def test_attention_rejects_bad_shapes():
     q, k = torch.randn(1, 3, 4, 8), torch.randn(1, 2, 4, 8)
     with pytest.raises(ValueError, match="not a multiple"):

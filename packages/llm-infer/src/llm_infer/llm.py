@@ -71,12 +71,18 @@ def decode_n_tokens(
 class LLM:
     """A causal language model with its tokenizer, ready to generate.
 
+    A model with ``fuse_projections`` (llm-core's ``Transformer``) has it called: its weights
+    stay the same tensors by name, and inference runs fewer, larger matrix products.
+
     Sampling keywords are those of :class:`~llm_infer.sampling.SamplingParams` (OpenAI's names
     plus ``top_k``, ``min_p``, ``repetition_penalty``); a bad one raises
     :class:`~llm_infer.errors.SamplingError`.
     """
 
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, *, source: str = "") -> None:
+        fuse = getattr(model, "fuse_projections", None)
+        if fuse is not None:
+            fuse()  # one matrix product for q/k/v and for gate/up: same weights, less per step
         self.model = model
         self.tokenizer = tokenizer
         self.source = source

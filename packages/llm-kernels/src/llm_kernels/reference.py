@@ -77,12 +77,15 @@ def sdpa_attention(
     window: int | None = None,
     sink_tokens: int = 0,
     scale: float | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The same rule through ``torch.nn.functional.scaled_dot_product_attention`` (aten fast path).
 
     Numerically equal to :func:`attention` up to float rounding; used on CPU for speed.
+    ``mask``: :func:`attention_mask` of the same arguments, when the caller already has it.
     """
-    mask = attention_mask(q_pos, k_pos, window=window, sink_tokens=sink_tokens)  # (B|1, 1, Tq, Tk)
+    if mask is None:
+        mask = attention_mask(q_pos, k_pos, window=window, sink_tokens=sink_tokens)  # (B|1, 1, Tq, Tk)
     # enable_gqa: each KV head serves its group of query heads without copying k and v
     gqa = q.shape[1] != k.shape[1]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
