@@ -92,19 +92,49 @@ def test_leaving_a_stream_early_cancels_within_a_step(llm):
 
 
 def test_bounded_queue_says_busy(llm):
-    async def main():
-        async with Engine(llm, max_batch=1, max_queue=2) as engine:
-            handles = [engine.submit(PROMPTS[0], max_tokens=50) for _ in range(2)]
+    async def main(max_batch, max_queue):
+        async with Engine(llm, max_batch=max_batch, max_queue=max_queue) as engine:
+            handles = [
+                engine.submit(PROMPTS[0], max_tokens=50) for _ in range(max_batch + max_queue)
+            ]
             with pytest.raises(
-                EngineBusyError, match=r"engine busy: 2 requests waiting \(max_queue=2\)"
+                EngineBusyError,
+                match=rf"engine busy: {max_queue} requests queued behind a full batch "
+                rf"\(max_batch={max_batch}, max_queue={max_queue}\)",
             ):
                 engine.submit(PROMPTS[0])
             for h in handles:
                 h.cancel()
 
-    run(main())
+    run(main(1, 2))
+    run(main(2, 0))  # no queue: the batch's free slots still take requests
     with pytest.raises(EngineClosedError):
         Engine(llm).submit("x")
+
+
+def test_a_failing_request_does_not_fail_the_batch(llm):
+    params = dict(temperature=0, max_tokens=12, ignore_eos=True)
+    want = run(solo(llm, PROMPTS[2], **params))
+
+    async def main():
+        async with Engine(llm, block_size=8) as engine:
+            good, bad = engine.submit(PROMPTS[2], **params), engine.submit(PROMPTS[5], **params)
+            generation = bad._request.generation
+            real = generation.next_token
+
+            def broken(logits):
+                if len(generation.token_ids) == 3:
+                    raise RuntimeError("probability tensor contains nan")
+                return real(logits)
+
+            generation.next_token = broken
+            with pytest.raises(RuntimeError, match="contains nan"):
+                await bad.result()
+            return await good.result(), engine.stats()
+
+    got, stats = run(main())
+    assert got.token_ids == want.token_ids
+    assert stats.running == 0 and stats.blocks_in_use == 0
 
 
 def test_prefix_cache_reuses_shared_prompt_blocks(llm):

@@ -28,6 +28,13 @@ def test_greedy_is_one_hot_at_the_argmax():
     close(dist(temperature=0), [1, 0, 0, 0])
 
 
+@pytest.mark.parametrize("t", [1e-6, 1e-40, 5e-324])
+def test_temperatures_too_small_to_divide_by_are_greedy(t):
+    # logits / 1e-40 overflow to inf and softmax to NaN; vLLM treats t < 1e-5 as greedy too
+    close(dist(temperature=t), [1, 0, 0, 0])
+    assert sample(LOGITS * 100, SamplingParams.from_kwargs(temperature=t)) == 0
+
+
 def test_temperature():
     t = 0.5  # p^(1/t), renormalised
     want = [p ** (1 / t) for p in P]

@@ -2,6 +2,7 @@
 
 from importlib.metadata import version as _version
 
+from llm_infer.engine import Engine, EngineStats, RequestHandle
 from llm_infer.errors import (
     ContextLengthError,
     EngineBusyError,
@@ -21,10 +22,13 @@ __all__ = [
     "LLM",
     "Completion",
     "ContextLengthError",
+    "Engine",
     "EngineBusyError",
     "EngineClosedError",
+    "EngineStats",
     "InferError",
     "LoadError",
+    "RequestHandle",
     "SamplingError",
     "SamplingParams",
     "TokenLogprob",

@@ -117,7 +117,7 @@ class _Plan:
 class Engine:
     """Continuous batching over an :class:`~llm_infer.llm.LLM` (use ``async with Engine(llm)``).
 
-    ``max_batch`` requests run at once; up to ``max_queue`` more wait, beyond which
+    ``max_batch`` requests run at once; up to ``max_queue`` more wait for a slot, beyond which
     :meth:`submit` raises :class:`~llm_infer.errors.EngineBusyError`. The paged cache holds
     ``cache_tokens`` tokens (default: 4 x the model's context) in blocks of ``block_size``.
     """
@@ -229,9 +229,11 @@ class Engine:
                 f"the engine's KV cache holds {self.pool.usable_blocks * self.pool.block_size} tokens, "
                 f"this request needs {len(ids) + sp.max_tokens}"
             )
-        if len(self._waiting) >= self.max_queue:
+        queued = len(self._waiting) - max(0, self.max_batch - len(self._running))
+        if queued >= self.max_queue:  # requests that will wait for a free slot in the batch
             raise EngineBusyError(
-                f"engine busy: {len(self._waiting)} requests waiting (max_queue={self.max_queue}); retry later"
+                f"engine busy: {max(queued, 0)} requests queued behind a full batch "
+                f"(max_batch={self.max_batch}, max_queue={self.max_queue}); retry later"
             )
         request = _Request(
             id=next(self._ids),
@@ -380,13 +382,17 @@ class Engine:
         while len(request.blocks) * self.pool.block_size < tokens:
             request.blocks.append(self.pool.allocate())
 
-    def _deliver(self, plan: _Plan, events: list[tuple[_Request, str]]) -> None:
+    def _deliver(self, plan: _Plan, events: list[tuple[_Request, str | Exception]]) -> None:
         now = time.perf_counter()
         for request, _, end in plan.prefills:
             request.computed = end
         for request in plan.decodes:
             request.computed += 1
         for request, delta in events:
+            if isinstance(delta, Exception):
+                request.outbox.put_nowait(delta)
+                self._drop(request)
+                continue
             self._counters["generated_tokens"] += 1
             if request.first_token is None:
                 request.first_token = now
@@ -432,17 +438,16 @@ class Engine:
     # -- the step (worker thread: tensors only, no bookkeeping) ----------------------------
 
     @torch.inference_mode()
-    def _step(self, plan: _Plan) -> list[tuple[_Request, str]]:
+    def _step(self, plan: _Plan) -> list[tuple[_Request, str | Exception]]:
         model, device = self.llm.model, self.llm.model.device
-        events: list[tuple[_Request, str]] = []
+        events: list[tuple[_Request, str | Exception]] = []
         for request, start, end in plan.prefills:
             cache = PagedKVCache(self.pool, [request.blocks], [start])
             tokens = torch.tensor([request.prompt[start:end]], device=device)  # (1, t)
             positions = torch.arange(start, end, device=device).unsqueeze(0)  # (1, t)
             logits = model.forward(tokens, cache, positions)[:, -1]  # (1, V)
             if end == len(request.prompt):
-                generation = request.generation
-                events.append((request, generation.append(generation.next_token(logits[0]))))
+                events.append((request, _sample(request.generation, logits[0])))
         if plan.decodes:
             cache = PagedKVCache(
                 self.pool, [r.blocks for r in plan.decodes], [r.computed for r in plan.decodes]
@@ -453,6 +458,14 @@ class Engine:
             positions = torch.tensor([[r.computed] for r in plan.decodes], device=device)  # (B, 1)
             logits = model.forward(tokens, cache, positions)[:, -1]  # (B, V)
             for row, request in enumerate(plan.decodes):
-                generation = request.generation
-                events.append((request, generation.append(generation.next_token(logits[row]))))
+                events.append((request, _sample(request.generation, logits[row])))
         return events
+
+
+def _sample(generation: Generation, logits: torch.Tensor) -> str | Exception:
+    """The text of the next token, or the error that sampling it raised (which fails that
+    request alone: the others in the batch go on)."""
+    try:
+        return generation.append(generation.next_token(logits))
+    except Exception as exc:
+        return exc

@@ -2,7 +2,7 @@
 
 The order follows HF transformers: repetition penalty, presence/frequency penalties, logit
 bias, (min_tokens ban), temperature, then the top-k, top-p and min-p filters. Greedy decoding
-is ``temperature=0``: the argmax of the processed logits.
+is ``temperature=0`` (or below ``GREEDY_BELOW``): the argmax of the processed logits.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from llm_infer.errors import SamplingError
 
 NEG_INF = float("-inf")
 DEFAULT_MAX_TOKENS = 256
+GREEDY_BELOW = 1e-5  # temperatures under this sample greedily
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Temperatures below :data:`GREEDY_BELOW` are greedy, as in vLLM: dividing logits by
+        a tinier one overflows them to inf and the distribution to NaN."""
+        return self.temperature < GREEDY_BELOW
 
     def validate(self, vocab_size: int | None = None) -> None:
         """Raise :class:`SamplingError` naming the first parameter out of its range."""

@@ -85,7 +85,9 @@ def sdpa_attention(
     ``mask``: :func:`attention_mask` of the same arguments, when the caller already has it.
     """
     if mask is None:
-        mask = attention_mask(q_pos, k_pos, window=window, sink_tokens=sink_tokens)  # (B|1, 1, Tq, Tk)
+        mask = attention_mask(
+            q_pos, k_pos, window=window, sink_tokens=sink_tokens
+        )  # (B|1, 1, Tq, Tk)
     # enable_gqa: each KV head serves its group of query heads without copying k and v
     gqa = q.shape[1] != k.shape[1]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
