@@ -7,7 +7,9 @@ One process, one set of random weights in the llama-125m shape (configs/llama-12
 LlamaForCausalLM through load_state_dict, llama.cpp through an F32 GGUF written here with
 gguf.GGUFWriter (q/k permuted to llama.cpp's interleaved RoPE layout, a placeholder gpt2
 vocabulary) and an F32 KV cache. The engines run round-robin (best of --repeats each) and
-their greedy tokens are compared. Also measured in the same run: the read bandwidth of a
+their greedy tokens are compared; llm-infer runs eager and with its compiled decode step
+(``compile=True``). Also measured in the same run: the model's matrix products alone, as
+decode calls them (the floor for any engine built on these torch calls), the read bandwidth of a
 buffer as large as the weights read per token, hence the memory-bandwidth limit on tokens/s
 and each engine's fraction of it, and 8 concurrent engine streams against one.
 Prints a table and appends one JSON line to .bench/decode.jsonl.
@@ -159,6 +161,26 @@ def read_bandwidth(nbytes: int, repeats: int) -> float:
     return buf.numel() * 4 / min(sum_s, mv_s)
 
 
+def linear_floor(model: Transformer, n_new: int):
+    """A function that runs only the model's matrix products (the fused q/k/v and gate/up,
+    o, down and the LM head) for ``n_new`` tokens, as decode calls them: the time any engine
+    built on these torch calls needs at least."""
+    weights = []
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        weights += [attn.qkv.weight, attn.o_proj.weight, mlp.gate_up.weight, mlp.down_proj.weight]
+    weights.append(model.lm_head.weight)
+    inputs = {w.shape[1]: torch.randn(1, 1, w.shape[1]) for w in weights}  # (1, 1, in)
+
+    def run() -> None:
+        with torch.inference_mode():
+            for _ in range(n_new):
+                for w in weights:
+                    torch.nn.functional.linear(inputs[w.shape[1]], w)
+
+    return run
+
+
 def agreement(a: list[int], b: list[int]) -> int:
     """Length of the common prefix of two token lists."""
     return next(
@@ -225,6 +247,7 @@ def main() -> None:
     cfg = model.config
     tokenizer = placeholder_tokenizer(cfg.vocab_size)
     llm = LLM(model, tokenizer, source="llama-125m random")
+    compiled = LLM(model, tokenizer, source="llama-125m random", compile=True)
     prompt = random_prompt(cfg.vocab_size, args.prompt_len, seed=0)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -232,11 +255,15 @@ def main() -> None:
         write_gguf(model, tokenizer, path)
         runners = {
             "llm-infer LLM.generate": lambda: llm.generate(prompt, **greedy(n_new)).token_ids,
+            "llm-infer LLM.generate, compiled": lambda: (
+                compiled.generate(prompt, **greedy(n_new)).token_ids
+            ),
             "HF transformers eager generate": hf_runner(model, prompt, n_new),
             "llama.cpp F32 GGUF": llama_cpp_runner(path, prompt, n_new, args.threads),
         }
         for run in runners.values():
-            run()  # warm-up: first-call allocations, page faults of the weights
+            run()  # warm-up: first-call allocations, page faults of the weights, compilation
+        runners["matrix products alone"] = linear_floor(model, n_new)
         rows = {name: {"seconds": float("inf")} for name in runners}
         for _ in range(args.repeats):  # round-robin, so load from elsewhere hits all alike
             for name, run in runners.items():
@@ -274,7 +301,11 @@ def main() -> None:
         "tokens_per_s": {k: v["tokens_per_s"] for k, v in rows.items()},
         "vs_hf": ours["tokens_per_s"] / rows["HF transformers eager generate"]["tokens_per_s"],
         "vs_llama_cpp": ours["tokens_per_s"] / rows["llama.cpp F32 GGUF"]["tokens_per_s"],
-        "greedy_agreement": {k: agreement(ours["tokens"], v["tokens"]) for k, v in rows.items()},
+        "vs_llama_cpp_compiled": rows["llm-infer LLM.generate, compiled"]["tokens_per_s"]
+        / rows["llama.cpp F32 GGUF"]["tokens_per_s"],
+        "greedy_agreement": {
+            k: agreement(ours["tokens"], v["tokens"]) for k, v in rows.items() if v["tokens"]
+        },
         "weight_bytes_per_token": weight_bytes,
         "read_bandwidth_gb_s": bandwidth / 1e9,
         "bandwidth_limit_tokens_per_s": limit,
@@ -307,7 +338,7 @@ def main() -> None:
             f"{row['tokens_per_s']:.1f}",
             f"{ours['tokens_per_s'] / row['tokens_per_s']:.2f}",
             f"{row['tokens_per_s'] / limit:.0%}",
-            f"{agreement(ours['tokens'], row['tokens'])}/{n_new}",
+            f"{agreement(ours['tokens'], row['tokens'])}/{n_new}" if row["tokens"] else "",
         )
     table.add_row(
         "llm-infer Engine, 1 stream", f"{single['aggregate_tokens_per_s']:.1f}", "", "", ""

@@ -115,7 +115,11 @@ class FusedLinears:
 
     def active(self) -> bool:
         """Whether the fused product may stand in for the layers in this call."""
-        return not torch.is_grad_enabled() and self._pointers() == self.pointers
+        if torch.is_grad_enabled():
+            return False
+        if torch.compiler.is_compiling():
+            return True  # data pointers cannot be traced; fuse again after replacing weights
+        return self._pointers() == self.pointers
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)  # (..., sum of out_features)

@@ -67,6 +67,11 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode through torch.compile (faster steps after a one-off compilation)",
+    )
 
 
 def _concurrency(text: str) -> list[int]:
@@ -84,7 +89,7 @@ def _concurrency(text: str) -> list[int]:
 def cmd_generate(args: argparse.Namespace, console: Console) -> int:
     from llm_infer.load import load
 
-    llm = load(args.model, device=args.device, dtype=args.dtype)
+    llm = load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     params = dict(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -120,12 +125,15 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     levels = _concurrency(args.concurrency)
     if args.prompt_len < 1 or args.new_tokens < 2:
         raise ValueError("--prompt-len must be >= 1 and --new-tokens >= 2")
-    llm = load(args.model, device=args.device, dtype=args.dtype)
+    llm = load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    if args.compile:
+        measure_single(llm, args.prompt_len, args.new_tokens)  # compiles; not measured
     single = measure_single(llm, args.prompt_len, args.new_tokens)
     single.pop("token_ids")
     engine = [measure_engine(llm, args.prompt_len, args.new_tokens, c) for c in levels]
     result = {
         "model": args.model,
+        "compile": args.compile,
         "threads": torch.get_num_threads(),
         "single": single,
         "engine": engine,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from llm_infer.compiled import CompiledDecoder, compiled_capacity
 from llm_infer.errors import ContextLengthError, SamplingError
 from llm_infer.generation import Completion, Generation
 from llm_infer.protocols import CausalLM, Tokenizer
@@ -49,12 +50,17 @@ def decode_one_token(
 
 
 def decode_n_tokens(
-    model: CausalLM, cache: Any, generation: Generation, token: int, position: int
+    model: CausalLM,
+    cache: Any,
+    generation: Generation,
+    token: int,
+    position: int,
+    decoder: CompiledDecoder | None = None,
 ) -> Iterator[str]:
     """Feed ``token`` at ``position`` and keep sampling until ``generation`` finishes.
 
     Yields the text each new token completes. The last sampled token is not fed (its KV is
-    not in ``cache``).
+    not in ``cache``). ``decoder``, if given, runs each step instead of the eager forward.
     """
     device = model.device
     token_in = torch.empty(1, 1, dtype=torch.long, device=device)  # (1, 1), reused every step
@@ -62,7 +68,10 @@ def decode_n_tokens(
     while not generation.finished:
         token_in.fill_(token)
         position_in.fill_(position)
-        logits = decode_one_token(model, token_in, cache, position_in)  # (1, V)
+        if decoder is not None:
+            logits = decoder(token_in, position_in, cache)  # (1, V)
+        else:
+            logits = decode_one_token(model, token_in, cache, position_in)  # (1, V)
         token = generation.next_token(logits[0])
         position += 1
         yield generation.append(token)
@@ -73,19 +82,25 @@ class LLM:
 
     A model with ``fuse_projections`` (llm-core's ``Transformer``) has it called: its weights
     stay the same tensors by name, and inference runs fewer, larger matrix products.
+    ``compile=True`` runs :meth:`generate`'s decode steps through a
+    :class:`~llm_infer.compiled.CompiledDecoder` (``torch.compile``; the first request, and
+    the first of each larger cache size, waits for the compilation, about 40 s on 2 CPU cores).
 
     Sampling keywords are those of :class:`~llm_infer.sampling.SamplingParams` (OpenAI's names
     plus ``top_k``, ``min_p``, ``repetition_penalty``); a bad one raises
     :class:`~llm_infer.errors.SamplingError`.
     """
 
-    def __init__(self, model: CausalLM, tokenizer: Tokenizer, *, source: str = "") -> None:
+    def __init__(
+        self, model: CausalLM, tokenizer: Tokenizer, *, source: str = "", compile: bool = False
+    ) -> None:
         fuse = getattr(model, "fuse_projections", None)
         if fuse is not None:
             fuse()  # one matrix product for q/k/v and for gate/up: same weights, less per step
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
+        self.decoder = CompiledDecoder(model) if compile else None
 
     @property
     def context_length(self) -> int:
@@ -198,11 +213,14 @@ class LLM:
     def _run(self, generation: Generation) -> Iterator[str]:
         ids = generation.prompt_ids
         n = len(ids)
-        cache = self.model.new_cache(1, n + generation.params.max_tokens)
+        need = n + generation.params.max_tokens
+        if self.decoder is not None:  # a few fixed sizes, each compiled once
+            need = compiled_capacity(need, self.context_length)
+        cache = self.model.new_cache(1, need)
         device = self.model.device
         tokens = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
         positions = torch.arange(n, device=device).unsqueeze(0)  # (1, T)
         logits = prefill(self.model, tokens, cache, positions)  # (1, V)
         token = generation.next_token(logits[0])
         yield generation.append(token)
-        yield from decode_n_tokens(self.model, cache, generation, token, n)
+        yield from decode_n_tokens(self.model, cache, generation, token, n, self.decoder)

@@ -27,12 +27,15 @@ def load(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    compile: bool = False,
 ) -> LLM:
     """Load a model and its tokenizer, ready to generate.
 
     ``source`` is an llm-core checkpoint directory, an HF Llama/Mistral/Qwen2 directory
     (``config.json``, ``*.safetensors``, ``tokenizer.json``; the chat template is read from
-    ``tokenizer_config.json``), or ``"demo"``, the small model bundled with this package. ``dtype`` is a torch dtype or its name (``"bf16"``, ...).
+    ``tokenizer_config.json``), or ``"demo"``, the small model bundled with this package. ``dtype`` is a torch dtype or its
+    name (``"bf16"``, ...). ``compile=True``: decode steps through ``torch.compile`` (see
+    :class:`~llm_infer.llm.LLM`).
 
     Raises :class:`LoadError` naming the path and what is wrong with it: missing, not a
     model, no tokenizer, a tokenizer larger than the model's vocabulary, or a kind of source
@@ -67,7 +70,7 @@ def load(
             f"{path}: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
             f"vocabulary of {model.config.vocab_size}"
         )
-    return LLM(model, tokenizer, source=str(path))
+    return LLM(model, tokenizer, source=str(path), compile=compile)
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

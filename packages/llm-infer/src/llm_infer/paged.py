@@ -152,7 +152,8 @@ class PagedKVCache:
         self.lengths = torch.tensor(lengths, dtype=torch.long, device=device)  # (B,)
         self._write = torch.empty(0, dtype=torch.long, device=device)  # (N,) slots of this call
         self._valid = torch.empty(0, dtype=torch.bool, device=device)  # (B, T)
-        self._key_positions = pool.positions[self.slots]  # (B, S)
+        self._all_valid = True
+        self._key_positions = self._gather(pool.positions)  # (B, S)
 
     @property
     def key_positions(self) -> torch.Tensor:
@@ -173,9 +174,14 @@ class PagedKVCache:
         if bool((index[self._valid] >= self.table.shape[1]).any()):
             raise CacheFullError("paged KV cache: a position lies beyond its row's blocks")
         blocks = self.table.gather(1, index)  # (B, T)
-        self._write = (blocks * bs + safe % bs)[self._valid]  # (N,)
-        self.pool.positions[self._write] = positions[self._valid]
-        self._key_positions = self.pool.positions[self.slots]  # (B, S)
+        self._all_valid = bool(self._valid.all())  # decode: no padding, no masked copies
+        if self._all_valid:
+            self._write = (blocks * bs + safe % bs).flatten()  # (N,)
+            self.pool.positions[self._write] = positions.flatten()
+        else:
+            self._write = (blocks * bs + safe % bs)[self._valid]  # (N,)
+            self.pool.positions[self._write] = positions[self._valid]
+        self._key_positions = self._gather(self.pool.positions)  # (B, S)
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
@@ -183,13 +189,23 @@ class PagedKVCache:
         """Store this call's ``k``, ``v`` (``[B, H_kv, T, D]``) for ``layer``; return every row's
         keys and values ``[B, H_kv, S, D]``."""
         k_pool, v_pool = self.pool.k[layer], self.pool.v[layer]  # (N*bs, H_kv, D)
-        k_pool.index_copy_(0, self._write, k.transpose(1, 2)[self._valid])  # (N, H_kv, D) written
-        v_pool.index_copy_(0, self._write, v.transpose(1, 2)[self._valid])
-        keys = k_pool[self.slots].transpose(1, 2)  # (B, H_kv, S, D)
-        values = v_pool[self.slots].transpose(1, 2)  # (B, H_kv, S, D)
+        k_new, v_new = k.transpose(1, 2), v.transpose(1, 2)  # (B, T, H_kv, D)
+        if self._all_valid:
+            k_new, v_new = k_new.flatten(0, 1), v_new.flatten(0, 1)  # (N, H_kv, D)
+        else:
+            k_new, v_new = k_new[self._valid], v_new[self._valid]  # (N, H_kv, D)
+        k_pool.index_copy_(0, self._write, k_new)
+        v_pool.index_copy_(0, self._write, v_new)
+        keys = self._gather(k_pool).transpose(1, 2)  # (B, H_kv, S, D)
+        values = self._gather(v_pool).transpose(1, 2)  # (B, H_kv, S, D)
         return keys, values
+
+    def _gather(self, pool: torch.Tensor) -> torch.Tensor:
+        """``pool[self.slots]`` (``[B, S, ...]``) through index_select, which is faster on CPU."""
+        B, S = self.slots.shape
+        return pool.index_select(0, self.slots.flatten()).view(B, S, *pool.shape[1:])
 
     def reset(self) -> None:
         """Empty this view's blocks (the pool's bookkeeping is the engine's)."""
         self.pool.positions[self.slots] = EMPTY
-        self._key_positions = self.pool.positions[self.slots]
+        self._key_positions = self._gather(self.pool.positions)

@@ -1,0 +1,50 @@
+"""The compiled decode step: the same tokens as HF ``generate``, a few compiled cache sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from llm_core.errors import CacheFullError
+from llm_infer import load
+from llm_infer.compiled import MIN_CAPACITY, CompiledDecoder, compiled_capacity
+
+
+def test_compiled_capacity_buckets():
+    assert compiled_capacity(1, 2048) == MIN_CAPACITY
+    assert compiled_capacity(MIN_CAPACITY + 1, 2048) == 2 * MIN_CAPACITY
+    assert compiled_capacity(1500, 2048) == 2048
+    assert compiled_capacity(300, 300) == 300  # never beyond the context, never below the need
+    assert compiled_capacity(100, 64) == 100
+
+
+def test_compiled_decoder_refuses_other_caches(llm):
+    cache = llm.model.new_cache(1, kind="sink", window=8)
+    with pytest.raises(TypeError, match="StaticKVCache"):
+        CompiledDecoder(llm.model)(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1), cache)
+
+
+def test_compiled_generate_matches_hf_generate(make_hf_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    path = make_hf_dir("llama", seed=1)
+    hf = AutoModelForCausalLM.from_pretrained(path).eval()
+    llm = load(path, compile=True)
+    prompt = tokenizer.encode("def wrap(text, width=70):")
+    with torch.no_grad():
+        want = hf.generate(
+            torch.tensor([prompt]), do_sample=False, max_new_tokens=64, min_new_tokens=64
+        )[0, len(prompt) :].tolist()
+    got = llm.generate(prompt, temperature=0, max_tokens=64, min_tokens=64)
+    assert got.token_ids == want
+    # another request of another length: the same compiled step, the eager path's tokens
+    eager = load(path).generate(prompt[:5], temperature=0, max_tokens=20, min_tokens=20)
+    again = llm.generate(prompt[:5], temperature=0, max_tokens=20, min_tokens=20)
+    assert again.token_ids == eager.token_ids
+    # the cache's own bookkeeping still guards its capacity
+    cache = llm.model.new_cache(1, MIN_CAPACITY)
+    one = torch.ones(1, 1, dtype=torch.long)
+    with torch.inference_mode():
+        llm.model.forward(torch.ones(1, MIN_CAPACITY - 1, dtype=torch.long), cache)
+        llm.decoder(one, torch.tensor([[MIN_CAPACITY - 1]]), cache)
+        with pytest.raises(CacheFullError):
+            llm.decoder(one, torch.tensor([[MIN_CAPACITY]]), cache)
