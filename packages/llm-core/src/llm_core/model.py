@@ -93,7 +93,6 @@ class FusedLinears:
 
     def __init__(self, layers: list[nn.Linear]) -> None:
         self.layers = layers
-        self.sizes = [layer.out_features for layer in layers]
         self.weight = self._concat([layer.weight for layer in layers])
         biases = [layer.bias for layer in layers]
         self.bias = None if any(b is None for b in biases) else self._concat(biases)
