@@ -181,7 +181,11 @@ class Engine:
         if self._task is None:
             self._wake = asyncio.Event()
             self._executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="llm-infer-engine"
+                max_workers=1,
+                thread_name_prefix="llm-infer-engine",
+                # a new thread starts from OpenMP's defaults: give it this process's setting
+                initializer=torch.set_num_threads,
+                initargs=(torch.get_num_threads(),),
             )
             self._task = asyncio.create_task(self._loop())
 
