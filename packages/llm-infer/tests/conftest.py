@@ -67,6 +67,28 @@ def make_hf_dir(tmp_path, tokenizer):
     return lambda family, seed=0: save_hf_dir(tmp_path / family, family, tokenizer, seed)
 
 
+def hf_greedy_tokens(path: Path, prompt: list[int], new_tokens: int) -> list[int]:
+    """The ``new_tokens`` tokens HF ``generate(do_sample=False)`` picks after ``prompt``: the
+    reference for greedy parity."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        out = hf.generate(
+            torch.tensor([prompt]),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+        )  # (1, T + new_tokens)
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.fixture
+def hf_greedy():
+    """``hf_greedy(path, prompt, new_tokens)``: see :func:`hf_greedy_tokens`."""
+    return hf_greedy_tokens
+
+
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory, tokenizer) -> Path:
     return save_hf_dir(tmp_path_factory.mktemp("llama"), "llama", tokenizer)

@@ -23,17 +23,11 @@ def test_compiled_decoder_refuses_other_caches(llm):
         CompiledDecoder(llm.model)(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1), cache)
 
 
-def test_compiled_generate_matches_hf_generate(make_hf_dir, tokenizer):
-    from transformers import AutoModelForCausalLM
-
+def test_compiled_generate_matches_hf_generate(make_hf_dir, tokenizer, hf_greedy):
     path = make_hf_dir("llama", seed=1)
-    hf = AutoModelForCausalLM.from_pretrained(path).eval()
     llm = load(path, compile=True)
     prompt = tokenizer.encode("def wrap(text, width=70):")
-    with torch.no_grad():
-        want = hf.generate(
-            torch.tensor([prompt]), do_sample=False, max_new_tokens=64, min_new_tokens=64
-        )[0, len(prompt) :].tolist()
+    want = hf_greedy(path, prompt, 64)
     got = llm.generate(prompt, temperature=0, max_tokens=64, min_tokens=64)
     assert got.token_ids == want
     # another request of another length: the same compiled step, the eager path's tokens

@@ -12,17 +12,11 @@ load_module = importlib.import_module("llm_infer.load")  # the package re-export
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_greedy_matches_hf_generate(family, make_hf_dir, tokenizer):
-    from transformers import AutoModelForCausalLM
-
+def test_greedy_matches_hf_generate(family, make_hf_dir, tokenizer, hf_greedy):
     path = make_hf_dir(family, seed=1)
-    hf = AutoModelForCausalLM.from_pretrained(path).eval()
     llm = load(path)
     prompt = tokenizer.encode("def wrap(text, width=70):")
-    with torch.no_grad():
-        want = hf.generate(
-            torch.tensor([prompt]), do_sample=False, max_new_tokens=64, min_new_tokens=64
-        )[0, len(prompt) :].tolist()
+    want = hf_greedy(path, prompt, 64)
     got = llm.generate(prompt, temperature=0, max_tokens=64, min_tokens=64)
     assert got.token_ids == want
     assert got.finish_reason == "length"

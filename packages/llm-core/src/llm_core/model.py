@@ -163,11 +163,9 @@ class Attention(nn.Module):
             qk, v = heads[:, : H + Hkv], heads[:, H + Hkv :]
             if ctx.rope is not None and ctx.rope_keys is None:
                 qk = apply_rope(qk, *ctx.rope)  # queries and new keys in one rotation
-                q, k = qk[:, :H], qk[:, H:]  # (B, H, T, D), (B, Hkv, T, D)
-            else:
-                q, k = qk[:, :H], qk[:, H:]
-                if ctx.rope is not None:
-                    q = apply_rope(q, *ctx.rope)
+            q, k = qk[:, :H], qk[:, H:]  # (B, H, T, D), (B, Hkv, T, D)
+            if ctx.rope is not None and ctx.rope_keys is not None:
+                q = apply_rope(q, *ctx.rope)  # keys are rotated after the cache read
         else:
             q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
             k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)

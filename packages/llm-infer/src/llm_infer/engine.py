@@ -313,8 +313,7 @@ class Engine:
                 events = await loop.run_in_executor(self._executor, self._step, plan)
             except Exception as exc:  # a failed step fails the requests in it, not the engine
                 for request in {r for r, _, _ in plan.prefills} | set(plan.decodes):
-                    request.outbox.put_nowait(exc)
-                    self._drop(request)
+                    self._fail(request, exc)
                 continue
             self._busy_s += time.perf_counter() - started
             self._counters["steps"] += 1
@@ -394,8 +393,7 @@ class Engine:
             request.computed += 1
         for request, delta in events:
             if isinstance(delta, Exception):
-                request.outbox.put_nowait(delta)
-                self._drop(request)
+                self._fail(request, delta)
                 continue
             self._counters["generated_tokens"] += 1
             if request.first_token is None:
@@ -431,6 +429,11 @@ class Engine:
         self._counters[
             "cancelled" if request.generation.finish_reason == "cancelled" else "finished"
         ] += 1
+        self._drop(request)
+
+    def _fail(self, request: _Request, exc: Exception) -> None:
+        """End ``request`` with ``exc``, which its reader raises; its slot and blocks are freed."""
+        request.outbox.put_nowait(exc)
         self._drop(request)
 
     def _drop(self, request: _Request) -> None:

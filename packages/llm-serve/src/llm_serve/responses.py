@@ -44,10 +44,13 @@ async def wait_all(handles: list[RequestHandle], request: Request) -> list[Compl
     return results.result() if results.done() else None
 
 
-async def merged(handles: list[RequestHandle]) -> AsyncIterator[tuple[int, str | Completion]]:
+async def merged(
+    handles: list[RequestHandle], on_first_delta: Callable[[], None] | None = None
+) -> AsyncIterator[tuple[int, str | Completion]]:
     """``(choice index, text delta or final Completion)`` from every handle, as they come.
 
-    Leaving early cancels every handle.
+    ``on_first_delta`` is called once, before the first text delta is yielded (the time to
+    first token). Leaving early cancels every handle.
     """
     queue: asyncio.Queue[tuple[int, str | Completion | BaseException]] = asyncio.Queue()
 
@@ -68,12 +71,20 @@ async def merged(handles: list[RequestHandle]) -> AsyncIterator[tuple[int, str |
                 raise item
             if isinstance(item, Completion):
                 left -= 1
+            elif on_first_delta is not None:
+                on_first_delta()
+                on_first_delta = None
             yield index, item
     finally:
         for handle in handles:
             handle.cancel()
         for task in tasks:
             task.cancel()
+
+
+def observe_ttft(server: Server, started: float) -> None:
+    """Record the time from ``started`` (``time.perf_counter``) to now as a time to first token."""
+    server.metrics.observe_ttft(time.perf_counter() - started)
 
 
 def sse(data: dict[str, Any] | str) -> str:
@@ -211,14 +222,10 @@ async def chat_events(
     for i, parser in enumerate(parsers):
         parser.push(prefix)
         yield chunk(i, {"role": "assistant", "content": ""})
-    first = True
     done: list[Completion | None] = [None] * len(handles)
     try:
-        async for i, item in merged(handles):
+        async for i, item in merged(handles, lambda: observe_ttft(server, started)):
             if isinstance(item, str):
-                if first:
-                    server.metrics.observe_ttft(time.perf_counter() - started)
-                    first = False
                 for frame in _chat_deltas(parsers[i], item, i, calls_made, with_tools, body, chunk):
                     yield frame
                 continue
@@ -273,14 +280,10 @@ async def completion_events(
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
         return sse({**head, "choices": [choice]})
 
-    first = True
     done: list[Completion | None] = [None] * len(handles)
     try:
-        async for i, item in merged(handles):
+        async for i, item in merged(handles, lambda: observe_ttft(server, started)):
             if isinstance(item, str):
-                if first:
-                    server.metrics.observe_ttft(time.perf_counter() - started)
-                    first = False
                 yield chunk(i, item)
                 continue
             done[i] = item
