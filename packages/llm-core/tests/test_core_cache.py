@@ -70,12 +70,16 @@ def test_cache_full_is_a_clear_error():
 def test_cache_is_preallocated_and_written_in_place():
     model = _model()
     cache = model.new_cache(1, 8)
-    k_ptr = cache.k.data_ptr()
+    pointers = [t.data_ptr() for t in (*cache.k, *cache.v)]
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3]]), cache)
         model(torch.tensor([[4]]), cache)
-    assert cache.k.data_ptr() == k_ptr
-    assert cache.k[:, :, :, :4].abs().sum() > 0 and cache.k[:, :, :, 4:].abs().sum() == 0
+    assert [t.data_ptr() for t in (*cache.k, *cache.v)] == pointers
+    for k in cache.k:  # (B, H_kv, S, D) per layer
+        assert k[:, :, :4].abs().sum() > 0 and k[:, :, 4:].abs().sum() == 0
+    # every layer owns its storage: a compiled step then mutates small inputs, not one base
+    storages = {t.untyped_storage().data_ptr() for t in (*cache.k, *cache.v)}
+    assert len(storages) == 2 * model.config.n_layer
     cache.reset()
     assert cache.length == 0 and cache.next_positions(1).tolist() == [[0]]
 
@@ -85,7 +89,7 @@ def test_kv_estimate_equals_allocated_bytes(dtype):
     model = _model(**CONFIGS["llama"])
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     cache = model.new_cache(batch_size=3, capacity=50, dtype=torch_dtype)
-    allocated = sum(t.numel() * t.element_size() for t in (cache.k, cache.v, cache.positions))
+    allocated = sum(t.numel() * t.element_size() for t in (*cache.k, *cache.v, cache.positions))
     assert (
         kv_cache_bytes(model.config, capacity=50, batch=3, dtype=dtype) == allocated == cache.nbytes
     )

@@ -129,6 +129,32 @@ def test_attention_with_a_precomputed_mask_equals_the_reference():
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2), (4, 1)])
+def test_single_query_attention_matches_hf_eager(heads, kv_heads):
+    torch.manual_seed(8)
+    q = torch.randn(2, heads, 1, 16)
+    k, v = torch.randn(2, kv_heads, 11, 16), torch.randn(2, kv_heads, 11, 16)
+    q_pos = torch.tensor([[9], [4]])
+    k_pos = torch.tensor([list(range(10)) + [-1], [0, 1, 2, 3, 4, 5, -1, -1, -1, -1, -1]])
+    mask = attention_mask(q_pos, k_pos, window=4, sink_tokens=1)
+    ours = reference.single_query_attention(q, k, v, mask)
+    theirs = _hf_eager(q, k, v, mask)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5, msg=_worst(ours, theirs))
+    nothing = attention_mask(torch.tensor([[0], [0]]), torch.full((2, 11), -1))
+    assert torch.all(reference.single_query_attention(q, k, v, nothing) == 0)
+
+
+def test_attention_inside_a_compiled_graph_equals_the_reference():
+    """Compiled one-query attention takes the grouped-product path; same rule, same result."""
+    torch.manual_seed(9)
+    q, k, v = torch.randn(1, 6, 1, 8), torch.randn(1, 2, 7, 8), torch.randn(1, 2, 7, 8)
+    q_pos, k_pos = torch.tensor([[5]]), torch.tensor([[0, 1, 2, 3, 4, 5, -1]])
+    compiled = torch.compile(lambda *a: attention(*a, window=3), fullgraph=True, backend="eager")
+    out = compiled(q, k, v, q_pos, k_pos)
+    expected = reference.attention(q, k, v, q_pos, k_pos, window=3)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
 def test_attention_rejects_bad_shapes():
     q, k = torch.randn(1, 3, 4, 8), torch.randn(1, 2, 4, 8)
     with pytest.raises(ValueError, match="not a multiple"):

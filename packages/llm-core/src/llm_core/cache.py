@@ -47,10 +47,15 @@ class KVCache(Protocol):
 
 
 class StaticKVCache:
-    """Keys and values of every layer in ``[n_layer, B, H_kv, capacity, D]`` tensors.
+    """Keys and values of every layer, preallocated: ``k[layer]`` and ``v[layer]`` are
+    ``[B, H_kv, capacity, D]`` tensors, one allocation per layer.
 
     Slots fill left to right; ``positions[b, s]`` is the token position held by slot ``s`` of
     row ``b`` (``-1`` while empty). All rows advance together.
+
+    Each layer owns its buffers (no view of one ``[n_layer, ...]`` tensor), so a compiled step
+    that writes one slot of every layer mutates twelve small inputs in place; views of a
+    common base make ``torch.compile`` rewrite the whole base on every step.
     """
 
     kind = "static"
@@ -70,9 +75,9 @@ class StaticKVCache:
             raise ValueError(
                 f"cache batch_size and capacity must be positive, got {batch_size}, {capacity}"
             )
-        shape = (n_layer, batch_size, n_kv_head, capacity, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, H_kv, S, D)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, H_kv, S, D)
+        shape = (batch_size, n_kv_head, capacity, head_dim)
+        self.k = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer))
+        self.v = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer))
         self.positions = torch.full(
             (batch_size, capacity), EMPTY, dtype=torch.long, device=device
         )  # (B, S)
@@ -81,16 +86,16 @@ class StaticKVCache:
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.positions.shape[1]
 
     @property
     def batch_size(self) -> int:
-        return self.k.shape[1]
+        return self.positions.shape[0]
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the cache's tensors."""
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.positions))
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v, self.positions))
 
     @property
     def key_positions(self) -> torch.Tensor:
@@ -126,9 +131,9 @@ class StaticKVCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this call's ``k``, ``v`` (``[B, H_kv, T, D]``) for ``layer``; return all filled slots."""
         end = self._start + k.shape[2]
-        self.k[layer, :, :, self._start : end] = k
-        self.v[layer, :, :, self._start : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, H_kv, end, D)
+        self.k[layer][:, :, self._start : end] = k
+        self.v[layer][:, :, self._start : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, H_kv, end, D)
 
     def reset(self) -> None:
         """Forget every token; the tensors are kept for reuse."""

@@ -6,7 +6,10 @@ wrapper; CUDA: the same graph, which inductor may replay as a CUDA graph). To co
 the step must see the same shapes and no Python state every time, so it reads the whole
 static cache: keys come back for every slot, and the position mask hides the empty ones
 (their position is -1), which is the attention rule the kernels apply anyway. The cache's own
-bookkeeping (capacity check, recording the position, the length) stays eager.
+bookkeeping (capacity check, recording the position, the length) stays eager. Each layer's
+keys and values are a separate input tensor written in place at one slot (the static cache
+allocates them per layer: views of one tensor would make the compiled step rewrite the whole
+cache on every token).
 
 Weights are frozen into the compiled function: call :meth:`CompiledDecoder.reset` after
 changing them.
@@ -40,7 +43,11 @@ class _SlotView:
     it) and every slot comes back, masked by ``positions``."""
 
     def __init__(
-        self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor
+        self,
+        k: tuple[torch.Tensor, ...],
+        v: tuple[torch.Tensor, ...],
+        positions: torch.Tensor,
+        slot: torch.Tensor,
     ) -> None:
         self.k, self.v, self.positions, self.slot = k, v, positions, slot
 
@@ -80,8 +87,8 @@ class CompiledDecoder:
         token: torch.Tensor,
         position: torch.Tensor,
         slot: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
+        k: tuple[torch.Tensor, ...],
+        v: tuple[torch.Tensor, ...],
         positions: torch.Tensor,
     ) -> torch.Tensor:
         view = _SlotView(k, v, positions, slot)

@@ -95,6 +95,30 @@ def sdpa_attention(
     return out.nan_to_num(0.0)
 
 
+def single_query_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of one query per row (``q``: ``[B, H, 1, D]``) as two grouped matrix products.
+
+    ``mask``: :func:`attention_mask` (``[B|1, 1, 1, Tk]``). The same rule as :func:`attention`
+    in ``q.dtype``: each KV head's group of query heads is one ``[G, D] x [D, Tk]`` product,
+    and a row that sees no key comes out as zeros.
+    """
+    B, H, _, D = q.shape
+    H_kv, Tk = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    qg = q.reshape(B, H_kv, H // H_kv, 1, D)  # (B, H_kv, G, 1, D)
+    scores = (qg * k.unsqueeze(2)).sum(-1) * scale  # (B, H_kv, G, Tk)
+    scores = scores.masked_fill(~mask.reshape(mask.shape[0], 1, 1, Tk), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return (probs.unsqueeze(-1) * v.unsqueeze(2)).sum(-2).reshape(B, H, 1, D)
+
+
 def rope_cos_sin(
     positions: torch.Tensor, inv_freq: torch.Tensor, attention_scaling: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
