@@ -138,3 +138,19 @@ def test_a_fused_model_saves_and_loads_as_before(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(tokens), model(tokens), atol=1e-6, rtol=1e-6)
     assert set(loaded.state_dict()) == set(model.state_dict())
+
+
+def test_logits_to_keep_runs_the_head_on_the_last_positions():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=97, n_embd=64, n_layer=2, n_head=4, mlp="swiglu")
+    model = Transformer(config).eval()
+    tokens = torch.randint(0, 97, (2, 7))
+    with torch.no_grad():
+        full = model(tokens)  # (2, 7, V)
+        torch.testing.assert_close(model(tokens, logits_to_keep=1), full[:, -1:])
+        torch.testing.assert_close(model(tokens, logits_to_keep=3), full[:, -3:])
+        assert model(tokens, logits_to_keep=0).shape == full.shape
+        cache = model.new_cache(2, 8)
+        torch.testing.assert_close(model(tokens, cache, logits_to_keep=1), full[:, -1:])
+    with pytest.raises(ValueError, match="logits_to_keep must be >= 0, got -1"):
+        model(tokens, logits_to_keep=-1)

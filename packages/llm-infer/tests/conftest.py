@@ -127,14 +127,14 @@ class ScriptedLM:
     def new_cache(self, batch_size, capacity=None, kind="static"):
         return None
 
-    def forward(self, tokens, cache=None, positions=None):
+    def forward(self, tokens, cache=None, positions=None, *, logits_to_keep=0):
         B, T = tokens.shape
         logits = torch.zeros(B, T, self.config.vocab_size)
         for b in range(B):
             for t in range(T):
                 i = int(positions[b, t]) - self.prompt_len + 1
                 logits[b, t, self.script[min(max(i, 0), len(self.script) - 1)]] = 10.0
-        return logits
+        return logits[:, -logits_to_keep:] if logits_to_keep else logits
 
 
 @pytest.fixture

@@ -136,10 +136,10 @@ class GatedModel:
     def __getattr__(self, name: str):
         return getattr(self.model, name)
 
-    def forward(self, tokens, cache=None, positions=None):
+    def forward(self, tokens, cache=None, positions=None, *, logits_to_keep=0):
         self.gate.wait(timeout=20)
         time.sleep(self.delay)
-        return self.model.forward(tokens, cache, positions)
+        return self.model.forward(tokens, cache, positions, logits_to_keep=logits_to_keep)
 
 
 @pytest.fixture

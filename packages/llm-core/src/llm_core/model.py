@@ -445,11 +445,21 @@ class Transformer(nn.Module):
         tokens: torch.Tensor,
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
+        *,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Logits ``[B, T, vocab_size]`` for ``tokens`` (``[B, T]``).
 
         ``positions`` (``[B, T]`` or ``[T]``) default to ``0..T-1``, or, with a ``cache``, to
-        the positions after the last one the cache holds. Raises ``ValueError`` on bad shapes and
-        :class:`~llm_core.errors.CacheFullError` when the cache has no room.
+        the positions after the last one the cache holds. ``logits_to_keep=n > 0`` runs the LM
+        head on the last ``n`` positions only (``[B, n, vocab_size]``), as HF's argument of that
+        name: a prompt's prefill needs the last row alone. Raises ``ValueError`` on bad shapes
+        or a negative ``logits_to_keep``, and :class:`~llm_core.errors.CacheFullError` when the
+        cache has no room.
         """
-        return self.lm_head(self.hidden_states(tokens, cache, positions))
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
+        hidden = self.hidden_states(tokens, cache, positions)  # (B, T, C)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]  # (B, n, C)
+        return self.lm_head(hidden)

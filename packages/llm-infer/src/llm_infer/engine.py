@@ -452,7 +452,7 @@ class Engine:
             cache = PagedKVCache(self.pool, [request.blocks], [start])
             tokens = torch.tensor([request.prompt[start:end]], device=device)  # (1, t)
             positions = torch.arange(start, end, device=device).unsqueeze(0)  # (1, t)
-            logits = model.forward(tokens, cache, positions)[:, -1]  # (1, V)
+            logits = model.forward(tokens, cache, positions, logits_to_keep=1)[:, -1]  # (1, V)
             if end == len(request.prompt):
                 events.append((request, _sample(request.generation, logits[0])))
         if plan.decodes:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from llm_infer.engine import Engine
     from llm_infer.session import Session
 
-PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the [T, vocab] logits of a long prompt
+PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the activations of a long prompt
 
 Prompt = str | Sequence[int]
 Messages = Sequence[Mapping[str, Any]]
@@ -38,7 +38,9 @@ def prefill(
     :data:`PREFILL_CHUNK`; return the logits of the last position ``[B, V]``."""
     for start in range(0, tokens.shape[1], PREFILL_CHUNK):
         chunk = slice(start, start + PREFILL_CHUNK)
-        logits = model.forward(tokens[:, chunk], cache, positions[:, chunk])  # (B, t, V)
+        logits = model.forward(
+            tokens[:, chunk], cache, positions[:, chunk], logits_to_keep=1
+        )  # (B, 1, V)
     return logits[:, -1]  # (B, V)
 
 

@@ -58,6 +58,9 @@ class ModelConfig(Protocol):
 class CausalLM(Protocol):
     """A decoder-only model: ``forward(tokens [B, T], cache, positions [B, T]) -> logits [B, T, V]``.
 
+    ``logits_to_keep=n > 0`` asks for the logits of the last ``n`` positions only (``[B, n, V]``,
+    HF's argument): prefill keeps one.
+
     ``cache`` is anything with llm-core's ``KVCache`` methods (``append``, ``update``,
     ``key_positions``, ``next_positions``, ``reset``); llm-infer's paged cache is one.
     """
@@ -72,7 +75,12 @@ class CausalLM(Protocol):
     def device(self) -> torch.device: ...
 
     def forward(
-        self, tokens: torch.Tensor, cache: Any = None, positions: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        cache: Any = None,
+        positions: torch.Tensor | None = None,
+        *,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor: ...
 
     def new_cache(
