@@ -28,12 +28,16 @@ def test_compiled_generate_matches_hf_generate(make_hf_dir, tokenizer, hf_greedy
     llm = load(path, compile=True)
     prompt = tokenizer.encode("def wrap(text, width=70):")
     want = hf_greedy(path, prompt, 64)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     got = llm.generate(prompt, temperature=0, max_tokens=64, min_tokens=64)
     assert got.token_ids == want
+    # one graph for every step: the number of tokens held is a dynamic dimension
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
     # another request of another length: the same compiled step, the eager path's tokens
     eager = load(path).generate(prompt[:5], temperature=0, max_tokens=20, min_tokens=20)
     again = llm.generate(prompt[:5], temperature=0, max_tokens=20, min_tokens=20)
     assert again.token_ids == eager.token_ids
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
     # the cache's own bookkeeping still guards its capacity
     cache = llm.model.new_cache(1, MIN_CAPACITY)
     one = torch.ones(1, 1, dtype=torch.long)

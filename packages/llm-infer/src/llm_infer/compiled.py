@@ -3,13 +3,14 @@
 The eager step pays Python and dispatch costs for some thirty small ops per layer; a compiled
 step runs them as one generated function (CPU: inductor with frozen weights and its C++
 wrapper; CUDA: the same graph, which inductor may replay as a CUDA graph). To compile once,
-the step must see the same shapes and no Python state every time, so it reads the whole
-static cache: keys come back for every slot, and the position mask hides the empty ones
-(their position is -1), which is the attention rule the kernels apply anyway. The cache's own
-bookkeeping (capacity check, recording the position, the length) stays eager. Each layer's
-keys and values are a separate input tensor written in place at one slot (the static cache
-allocates them per layer: views of one tensor would make the compiled step rewrite the whole
-cache on every token).
+the step sees the same shapes and no Python state every time, except the number of filled
+slots, which is a dynamic dimension: the step takes the positions of the filled slots
+(``[B, n]``) and attends over the first ``n`` slots of each layer's buffers, so attention
+costs what the tokens held cost, not what the capacity does. Each layer's keys and values are
+a separate input tensor written in place at one slot (the static cache allocates them per
+layer: views of one tensor would make the compiled step rewrite the whole cache on every
+token). The cache's own bookkeeping (capacity check, recording the position, the length)
+stays eager.
 
 Weights are frozen into the compiled function: call :meth:`CompiledDecoder.reset` after
 changing them.
@@ -38,22 +39,22 @@ def compiled_capacity(tokens: int, limit: int) -> int:
 
 
 class _SlotView:
-    """The ``KVCache`` protocol over a static cache's whole buffers for one decode step: this
-    step's keys and values go to ``slot`` (a tensor, so the compiled graph does not depend on
-    it) and every slot comes back, masked by ``positions``."""
+    """The ``KVCache`` protocol over a static cache's buffers for one decode step: this step's
+    keys and values go to ``slot`` (a tensor, so the compiled graph does not depend on it) and
+    the filled slots come back, as many as ``held`` has positions."""
 
     def __init__(
         self,
         k: tuple[torch.Tensor, ...],
         v: tuple[torch.Tensor, ...],
-        positions: torch.Tensor,
+        held: torch.Tensor,
         slot: torch.Tensor,
     ) -> None:
-        self.k, self.v, self.positions, self.slot = k, v, positions, slot
+        self.k, self.v, self.held, self.slot = k, v, held, slot
 
     @property
     def key_positions(self) -> torch.Tensor:
-        return self.positions  # (B, S), -1 in empty slots
+        return self.held  # (B, n)
 
     def append(self, positions: torch.Tensor) -> None:
         return None  # recorded by the static cache's own append, before the step
@@ -63,12 +64,14 @@ class _SlotView:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.k[layer].index_copy_(2, self.slot, k)  # (B, H_kv, S, D) <- (B, H_kv, 1, D)
         self.v[layer].index_copy_(2, self.slot, v)
-        return self.k[layer], self.v[layer]
+        n = self.held.shape[1]
+        return self.k[layer][:, :, :n], self.v[layer][:, :, :n]  # (B, H_kv, n, D)
 
 
 class CompiledDecoder:
     """``decoder(token, position, cache) -> logits [B, V]``: one token per row into a
-    ``StaticKVCache``, through a step compiled on first use (a recompile per new cache shape)."""
+    ``StaticKVCache``, through a step compiled on first use (again for a new cache capacity,
+    and once for a cache that holds a single token; the number held is dynamic otherwise)."""
 
     def __init__(self, model: CausalLM, options: dict[str, Any] | None = None) -> None:
         self.model = model
@@ -78,9 +81,8 @@ class CompiledDecoder:
     def reset(self) -> None:
         """Forget the compiled step (after the model's weights changed)."""
         self._slot: torch.Tensor | None = None
-        self._step = torch.compile(
-            self._forward, fullgraph=True, dynamic=False, options=self.options
-        )
+        # dynamic=None: static shapes, except the dimension marked dynamic in __call__
+        self._step = torch.compile(self._forward, fullgraph=True, options=self.options)
 
     def _forward(
         self,
@@ -89,9 +91,9 @@ class CompiledDecoder:
         slot: torch.Tensor,
         k: tuple[torch.Tensor, ...],
         v: tuple[torch.Tensor, ...],
-        positions: torch.Tensor,
+        held: torch.Tensor,
     ) -> torch.Tensor:
-        view = _SlotView(k, v, positions, slot)
+        view = _SlotView(k, v, held, slot)
         return self.model.forward(token, view, position)[:, -1]  # type: ignore[arg-type]
 
     def __call__(self, token: torch.Tensor, position: torch.Tensor, cache: Any) -> torch.Tensor:
@@ -102,4 +104,6 @@ class CompiledDecoder:
         if self._slot is None:
             self._slot = torch.empty(1, dtype=torch.long, device=position.device)  # (1,)
         self._slot.fill_(cache.length - 1)
-        return self._step(token, position, self._slot, cache.k, cache.v, cache.positions)
+        held = cache.key_positions  # (B, n): positions of the filled slots
+        torch._dynamo.maybe_mark_dynamic(held, 1)
+        return self._step(token, position, self._slot, cache.k, cache.v, held)
