@@ -135,7 +135,7 @@ def test_single_query_attention_matches_hf_eager(heads, kv_heads):
     q = torch.randn(2, heads, 1, 16)
     k, v = torch.randn(2, kv_heads, 11, 16), torch.randn(2, kv_heads, 11, 16)
     q_pos = torch.tensor([[9], [4]])
-    k_pos = torch.tensor([list(range(10)) + [-1], [0, 1, 2, 3, 4, 5, -1, -1, -1, -1, -1]])
+    k_pos = torch.tensor([[*range(10), -1], [0, 1, 2, 3, 4, 5, -1, -1, -1, -1, -1]])
     mask = attention_mask(q_pos, k_pos, window=4, sink_tokens=1)
     ours = reference.single_query_attention(q, k, v, mask)
     theirs = _hf_eager(q, k, v, mask)
