@@ -231,8 +231,14 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), ctx))
-        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+        attn = self.self_attn(self.input_layernorm(x), ctx)
+        if self.training and self.dropout.p:  # inference skips the call, not just its work
+            attn = self.dropout(attn)
+        x = x + attn
+        mlp = self.mlp(self.post_attention_layernorm(x))
+        if self.training and self.dropout.p:
+            mlp = self.dropout(mlp)
+        return x + mlp
 
 
 class TransformerBody(nn.Module):
