@@ -39,10 +39,21 @@ def test_compiled_generate_matches_hf_generate(make_hf_dir, tokenizer, hf_greedy
     assert again.token_ids == eager.token_ids
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
     # the cache's own bookkeeping still guards its capacity
-    cache = llm.model.new_cache(1, MIN_CAPACITY)
-    one = torch.ones(1, 1, dtype=torch.long)
-    with torch.inference_mode():
+    with torch.inference_mode():  # inference tensors, as in generate: the same graph
+        one = torch.ones(1, 1, dtype=torch.long)
+        cache = llm.model.new_cache(1, MIN_CAPACITY)
         llm.model.forward(torch.ones(1, MIN_CAPACITY - 1, dtype=torch.long), cache)
         llm.decoder(one, torch.tensor([[MIN_CAPACITY - 1]]), cache)
         with pytest.raises(CacheFullError):
             llm.decoder(one, torch.tensor([[MIN_CAPACITY]]), cache)
+
+    # a session on a static cache of the same capacity decodes through the same compiled
+    # step, turn after turn, and says what the eager session says
+    eager_session = load(path).session(capacity=MIN_CAPACITY)
+    session = llm.session(capacity=MIN_CAPACITY)
+    for text in ("first question", "and a second"):
+        want = eager_session.send(text, temperature=0, max_tokens=12, min_tokens=12)
+        got = session.send(text, temperature=0, max_tokens=12, min_tokens=12)
+        assert got.token_ids == want.token_ids
+        assert got.usage.cached_tokens == want.usage.cached_tokens
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1

@@ -10,7 +10,8 @@ costs what the tokens held cost, not what the capacity does. Each layer's keys a
 a separate input tensor written in place at one slot (the static cache allocates them per
 layer: views of one tensor would make the compiled step rewrite the whole cache on every
 token). The cache's own bookkeeping (capacity check, recording the position, the length)
-stays eager.
+stays eager, and so does the step that fills the cache's last slot (with every slot held the
+keys are the whole buffer, a shape of its own).
 
 Weights are frozen into the compiled function: call :meth:`CompiledDecoder.reset` after
 changing them.
@@ -100,7 +101,12 @@ class CompiledDecoder:
         """Feed ``token`` at ``position`` (``[B, 1]`` each) into ``cache``; next-token logits."""
         if getattr(cache, "kind", None) != "static":
             raise TypeError("a compiled decode step needs a StaticKVCache")
-        cache.append(position)  # raises CacheFullError when full; records the position
+        if cache.length + 1 >= cache.capacity:
+            # The step that fills the last slot (or overflows) runs eagerly: with every slot
+            # held, the keys are the whole buffer, a contiguous tensor, and the compiled graph
+            # would be specialised again for that one shape. Raises CacheFullError when full.
+            return self.model.forward(token, cache, position)[:, -1]
+        cache.append(position)  # records the position, reserves the slot
         if self._slot is None:
             self._slot = torch.empty(1, dtype=torch.long, device=position.device)  # (1,)
         self._slot.fill_(cache.length - 1)

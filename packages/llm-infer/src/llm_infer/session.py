@@ -23,7 +23,8 @@ class Session:
     ``cache_kind="static"`` (default) holds ``capacity`` tokens (default: the model's context)
     and raises :class:`~llm_infer.errors.ContextLengthError` beyond it. ``cache_kind="sink"``
     (a ring of sink tokens + a window, constant memory) never runs out; ``cache_options``
-    (``window``, ``sink_tokens``, ``position_mode``) go to the model's ``new_cache``.
+    (``window``, ``sink_tokens``, ``position_mode``) go to the model's ``new_cache``. With a
+    static cache, an ``LLM(..., compile=True)`` decodes through its compiled step.
     """
 
     def __init__(
@@ -37,12 +38,14 @@ class Session:
     ) -> None:
         self.llm = llm
         self.system = system
-        self.cache = llm.model.new_cache(1, capacity, kind=cache_kind, **cache_options)
+        with torch.inference_mode():  # the kind of tensor LLM's caches are, and compiled for
+            self.cache = llm.model.new_cache(1, capacity, kind=cache_kind, **cache_options)
         self.unbounded = getattr(self.cache, "kind", cache_kind) == "sink"
         self.limit = None if self.unbounded else getattr(self.cache, "capacity", capacity)
         self.messages: list[dict[str, str]] = []
         self._clear()
 
+    @torch.inference_mode()
     def _clear(self) -> None:
         self.cache.reset()
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
@@ -86,7 +89,8 @@ class Session:
         elif sp.max_tokens is None:
             sp = replace(sp, max_tokens=DEFAULT_MAX_TOKENS)
         if held == 0:  # a fresh start, or the history no longer matches what the cache holds
-            self.cache.reset()
+            with torch.inference_mode():
+                self.cache.reset()
             self.position = 0
         generation = Generation(new_ids, sp, llm.tokenizer, llm.vocab_size, cached_tokens=held)
         self._turn = (messages, rendered)
@@ -103,7 +107,8 @@ class Session:
         logits = prefill(model, tokens, self.cache, positions)  # (1, V)
         token = generation.next_token(logits[0])
         yield generation.append(token)
-        yield from decode_n_tokens(model, self.cache, generation, token, start + n)
+        decoder = self.llm.decoder if getattr(self.cache, "kind", None) == "static" else None
+        yield from decode_n_tokens(model, self.cache, generation, token, start + n, decoder)
         messages, rendered = self._turn
         out = generation.token_ids
         self.position = start + n + len(out) - 1
