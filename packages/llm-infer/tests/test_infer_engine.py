@@ -135,6 +135,35 @@ def test_a_failing_request_does_not_fail_the_batch(llm):
     got, stats = run(main())
     assert got.token_ids == want.token_ids
     assert stats.running == 0 and stats.blocks_in_use == 0
+    assert (stats.finished, stats.cancelled, stats.failed) == (1, 0, 1)
+
+
+def test_a_fault_in_the_scheduling_loop_ends_every_request_instead_of_hanging(llm):
+    params = dict(temperature=0, max_tokens=12, ignore_eos=True)
+
+    async def main():
+        async with Engine(llm, block_size=8) as engine:
+            real = engine._plan
+            calls = 0
+
+            def plan():
+                nonlocal calls
+                calls += 1
+                if calls == 3:
+                    raise KeyError("bookkeeping bug")
+                return real()
+
+            engine._plan = plan
+            handles = [engine.submit(PROMPTS[i], **params) for i in range(3)]
+            for handle in handles:
+                with pytest.raises(EngineClosedError, match="scheduling loop failed.*bookkeeping"):
+                    await asyncio.wait_for(handle.result(), timeout=30)
+            with pytest.raises(EngineClosedError, match="scheduling loop failed"):
+                engine.submit(PROMPTS[0], **params)
+            return engine.stats()
+
+    stats = run(main())
+    assert stats.failed == 3 and stats.running == 0 and stats.queue_depth == 0
 
 
 def test_prefix_cache_reuses_shared_prompt_blocks(llm):

@@ -76,5 +76,6 @@ def test_health_and_metrics(server, client, model):
         "llm_prompt_tokens_total",
         "llm_prefix_cache_hits_total",
         "llm_running_requests",
+        "llm_engine_failed_total",
     ):
         assert name in metrics

@@ -38,6 +38,7 @@ class EngineStats:
     running: int
     finished: int
     cancelled: int
+    failed: int  # ended by an error in their step or their sampling
     prompt_tokens: int
     generated_tokens: int
     tokens_per_s: float
@@ -157,11 +158,13 @@ class Engine:
         self._ids = itertools.count()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._broken: EngineClosedError | None = None  # set if the scheduling loop failed
         self._executor: ThreadPoolExecutor | None = None
         self._counters = dict.fromkeys(
             (
                 "finished",
                 "cancelled",
+                "failed",
                 "prompt_tokens",
                 "generated_tokens",
                 "prefix_hits",
@@ -223,6 +226,8 @@ class Engine:
             raise EngineClosedError(
                 "the engine is not running: use `async with engine:` or `await engine.start()`"
             )
+        if self._broken is not None:
+            raise self._broken
         llm = self.llm
         sp = llm.sampling_params(**params)
         ids = llm.encode_prompt(prompt)
@@ -282,6 +287,7 @@ class Engine:
             running=len(self._running),
             finished=c["finished"],
             cancelled=c["cancelled"],
+            failed=c["failed"],
             prompt_tokens=c["prompt_tokens"],
             generated_tokens=c["generated_tokens"],
             tokens_per_s=c["generated_tokens"] / self._busy_s if self._busy_s else 0.0,
@@ -298,6 +304,18 @@ class Engine:
     # -- the loop (event-loop thread) ------------------------------------------------------
 
     async def _loop(self) -> None:
+        try:
+            await self._schedule()
+        except Exception as exc:  # a fault in the bookkeeping itself: no reader may wait forever
+            self._broken = EngineClosedError(f"the engine's scheduling loop failed: {exc!r}")
+            self._broken.__cause__ = exc
+            for request in [*self._waiting, *self._running]:
+                request.outbox.put_nowait(self._broken)
+                self._counters["failed"] += 1
+            self._waiting.clear()
+            self._running.clear()
+
+    async def _schedule(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         while True:
@@ -434,6 +452,7 @@ class Engine:
     def _fail(self, request: _Request, exc: Exception) -> None:
         """End ``request`` with ``exc``, which its reader raises; its slot and blocks are freed."""
         request.outbox.put_nowait(exc)
+        self._counters["failed"] += 1
         self._drop(request)
 
     def _drop(self, request: _Request) -> None:

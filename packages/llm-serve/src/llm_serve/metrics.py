@@ -15,6 +15,7 @@ ENGINE_METRICS = {  # EngineStats field -> (metric name, type, help)
     "running": ("llm_running_requests", "gauge", "Requests in the running batch."),
     "finished": ("llm_engine_finished_total", "counter", "Requests finished by the engine."),
     "cancelled": ("llm_engine_cancelled_total", "counter", "Requests cancelled (disconnects)."),
+    "failed": ("llm_engine_failed_total", "counter", "Requests ended by an engine error."),
     "prompt_tokens": ("llm_prompt_tokens_total", "counter", "Prompt tokens admitted."),
     "generated_tokens": ("llm_generation_tokens_total", "counter", "Tokens generated."),
     "tokens_per_s": (
