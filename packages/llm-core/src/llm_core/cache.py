@@ -54,8 +54,8 @@ class StaticKVCache:
     row ``b`` (``-1`` while empty). All rows advance together.
 
     Each layer owns its buffers (no view of one ``[n_layer, ...]`` tensor), so a compiled step
-    that writes one slot of every layer mutates twelve small inputs in place; views of a
-    common base make ``torch.compile`` rewrite the whole base on every step.
+    that writes one slot of every layer mutates one small input per layer in place; views of
+    a common base make ``torch.compile`` rewrite the whole base on every step.
     """
 
     kind = "static"

@@ -231,14 +231,12 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        attn = self.self_attn(self.input_layernorm(x), ctx)
-        if self.training and self.dropout.p:  # inference skips the call, not just its work
-            attn = self.dropout(attn)
-        x = x + attn
-        mlp = self.mlp(self.post_attention_layernorm(x))
-        if self.training and self.dropout.p:
-            mlp = self.dropout(mlp)
-        return x + mlp
+        x = x + self._drop(self.self_attn(self.input_layernorm(x), ctx))
+        return x + self._drop(self.mlp(self.post_attention_layernorm(x)))
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        # inference skips the dropout call, not just its work
+        return self.dropout(x) if self.training and self.dropout.p else x
 
 
 class TransformerBody(nn.Module):

@@ -45,9 +45,12 @@ class Session:
         self.messages: list[dict[str, str]] = []
         self._clear()
 
-    @torch.inference_mode()
-    def _clear(self) -> None:
+    @torch.inference_mode()  # the cache holds inference tensors: write them in that mode
+    def _reset_cache(self) -> None:
         self.cache.reset()
+
+    def _clear(self) -> None:
+        self._reset_cache()
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
         self._text = ""  # the rendered text whose tokens are in the cache (or pending)
         self._pending: list[int] = []  # the last sampled token, not yet fed
@@ -89,8 +92,7 @@ class Session:
         elif sp.max_tokens is None:
             sp = replace(sp, max_tokens=DEFAULT_MAX_TOKENS)
         if held == 0:  # a fresh start, or the history no longer matches what the cache holds
-            with torch.inference_mode():
-                self.cache.reset()
+            self._reset_cache()
             self.position = 0
         generation = Generation(new_ids, sp, llm.tokenizer, llm.vocab_size, cached_tokens=held)
         self._turn = (messages, rendered)
