@@ -101,6 +101,9 @@ def test_fused_projections_keep_names_memory_and_outputs(overrides):
     )
     assert sum(p.numel() for p in model.parameters()) == bytes_before
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    fused = attn.qkv
+    model.fuse_projections()  # again: the intact fusion is kept, not rebuilt
+    assert attn.qkv is fused and attn.q_proj.weight.data_ptr() == fused.weight.data_ptr()
     # training still sees the separate layers, and the fused product follows their updates
     loss = model(tokens).logsumexp(-1).mean()
     loss.backward()

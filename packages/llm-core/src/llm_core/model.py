@@ -115,13 +115,17 @@ class FusedLinears:
         params += [layer.bias for layer in self.layers if layer.bias is not None]
         return tuple(p.data_ptr() for p in params)
 
+    def intact(self) -> bool:
+        """Whether every layer still holds its view of the fused tensors."""
+        return self._pointers() == self.pointers
+
     def active(self) -> bool:
         """Whether the fused product may stand in for the layers in this call."""
         if torch.is_grad_enabled():
             return False
         if torch.compiler.is_compiling():
             return True  # data pointers cannot be traced; fuse again after replacing weights
-        return self._pointers() == self.pointers
+        return self.intact()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)  # (..., sum of out_features)
@@ -152,8 +156,10 @@ class Attention(nn.Module):
         self.qkv: FusedLinears | None = None  # set by Transformer.fuse_projections
 
     def fuse(self) -> None:
-        """Compute q, k and v with one matrix product in inference (see :class:`FusedLinears`)."""
-        self.qkv = FusedLinears([self.q_proj, self.k_proj, self.v_proj])
+        """Compute q, k and v with one matrix product in inference (see :class:`FusedLinears`);
+        nothing to do while an earlier fusion is intact."""
+        if self.qkv is None or not self.qkv.intact():
+            self.qkv = FusedLinears([self.q_proj, self.k_proj, self.v_proj])
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         B, T, _ = x.shape
@@ -206,8 +212,9 @@ class MLP(nn.Module):
         self.gate_up: FusedLinears | None = None  # set by Transformer.fuse_projections
 
     def fuse(self) -> None:
-        """Compute gate and up with one matrix product in inference (see :class:`FusedLinears`)."""
-        if self.gated:
+        """Compute gate and up with one matrix product in inference (see :class:`FusedLinears`);
+        nothing to do while an earlier fusion is intact."""
+        if self.gated and (self.gate_up is None or not self.gate_up.intact()):
             self.gate_up = FusedLinears([self.gate_proj, self.up_proj])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -299,7 +306,8 @@ class Transformer(nn.Module):
         state_dict and training are unchanged); forwards without gradients then run one matrix
         product per group instead of three (two), which saves time in decode. Every matrix
         the fusion touches, and o, down and an untied LM head, is stored input-major (see
-        :func:`input_major`).
+        :func:`input_major`). Calling it again (another ``LLM`` on the same model) re-fuses only
+        the layers whose weights were replaced since.
         """
         for layer in self.model.layers:
             layer.self_attn.fuse()

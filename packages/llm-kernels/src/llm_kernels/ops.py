@@ -35,8 +35,8 @@ def attention(
     """
     _check_attention_shapes(q, k, v, q_pos, k_pos)
     if q.shape[2] == 1 and torch.compiler.is_compiling():
-        # One query per row (decode) inside a compiled graph: two small matrix products and a
-        # softmax that inductor fuses with the mask, instead of the flash kernel's tiling.
+        # One query per row (decode) inside a compiled graph: loops that inductor fuses with
+        # the mask and softmax, cheaper here than the flash kernel's tiling.
         if mask is None:
             mask = reference.attention_mask(q_pos, k_pos, window=window, sink_tokens=sink_tokens)
         return reference.single_query_attention(q, k, v, mask, scale=scale)

@@ -103,11 +103,13 @@ def single_query_attention(
     *,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Attention of one query per row (``q``: ``[B, H, 1, D]``) as two grouped matrix products.
+    """Attention of one query per row (``q``: ``[B, H, 1, D]``), for compiled graphs.
 
     ``mask``: :func:`attention_mask` (``[B|1, 1, 1, Tk]``). The same rule as :func:`attention`
-    in ``q.dtype``: each KV head's group of query heads is one ``[G, D] x [D, Tk]`` product,
-    and a row that sees no key comes out as zeros.
+    in ``q.dtype``: each KV head's group of query heads against its keys, and a row that sees
+    no key comes out as zeros. Both products are written as broadcast multiply-and-sum, which
+    inductor turns into loops fused with the mask and softmax; run eagerly, they materialise
+    ``[B, H_kv, G, Tk, D]`` products (fine for a reference, slow for long caches).
     """
     B, H, _, D = q.shape
     H_kv, Tk = k.shape[1], k.shape[2]
