@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import llm_kernels
 import numpy as np
 import torch
 from llm_core import ModelConfig, Transformer
@@ -161,22 +162,27 @@ def read_bandwidth(nbytes: int, repeats: int) -> float:
     return buf.numel() * 4 / min(sum_s, mv_s)
 
 
-def linear_floor(model: Transformer, n_new: int):
+def linear_floor(model: Transformer, n_new: int, *, blas: bool = False):
     """A function that runs only the model's matrix products (the fused q/k/v and gate/up,
-    o, down and the LM head) for ``n_new`` tokens, as decode calls them: the time any engine
-    built on these torch calls needs at least."""
+    o, down and the LM head) for ``n_new`` tokens, one row each: through
+    ``llm_kernels.linear`` as decode calls them (the floor for an engine built on them), or
+    with ``blas=True`` through torch's ``F.linear`` on input-major copies of the weights
+    (torch's BLAS in its fastest layout for one row)."""
     weights = []
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         weights += [attn.qkv.weight, attn.o_proj.weight, mlp.gate_up.weight, mlp.down_proj.weight]
     weights.append(model.lm_head.weight)
+    if blas:
+        weights = [w.detach().t().contiguous().t() for w in weights]
+    product = torch.nn.functional.linear if blas else llm_kernels.linear
     inputs = {w.shape[1]: torch.randn(1, 1, w.shape[1]) for w in weights}  # (1, 1, in)
 
     def run() -> None:
         with torch.inference_mode():
             for _ in range(n_new):
                 for w in weights:
-                    torch.nn.functional.linear(inputs[w.shape[1]], w)
+                    product(inputs[w.shape[1]], w)
 
     return run
 
@@ -264,6 +270,7 @@ def main() -> None:
         for run in runners.values():
             run()  # warm-up: first-call allocations, page faults of the weights, compilation
         runners["matrix products alone"] = linear_floor(model, n_new)
+        runners["matrix products alone, torch BLAS"] = linear_floor(model, n_new, blas=True)
         rows = {name: {"seconds": float("inf")} for name in runners}
         for _ in range(args.repeats):  # round-robin, so load from elsewhere hits all alike
             for name, run in runners.items():

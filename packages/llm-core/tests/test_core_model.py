@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import llm_kernels
+import llm_kernels.native
 import pytest
 import torch
 from llm_core import ModelConfig, Transformer
@@ -71,11 +73,15 @@ def test_config_dtype_sets_the_parameters_dtype():
     assert model(torch.tensor([[1, 2]])).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-kernel", "torch-only"])
 @pytest.mark.parametrize(
     "overrides",
     [dict(mlp="swiglu", n_kv_head=2), dict(qkv_bias=True, window_size=3, sink_tokens=1)],
 )
-def test_fused_projections_keep_names_memory_and_outputs(overrides):
+def test_fused_projections_keep_names_memory_and_outputs(overrides, native, monkeypatch):
+    if native and not llm_kernels.native.available():
+        pytest.skip(f"native kernels unavailable: {llm_kernels.native.error}")
+    monkeypatch.setattr(llm_kernels.native, "_loaded", native)
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=97, n_embd=64, n_layer=2, n_head=4, **overrides)
     model = Transformer(config).eval()
@@ -94,11 +100,11 @@ def test_fused_projections_keep_names_memory_and_outputs(overrides):
         stepped = [model(tokens[:, t : t + 1], cache)[:, 0] for t in range(9)]
     torch.testing.assert_close(torch.stack(stepped, 1), want, atol=1e-5, rtol=1e-5)
     assert attn.q_proj.weight.data_ptr() == attn.qkv.weight.data_ptr()  # a view, not a copy
-    assert attn.qkv.weight.stride() == (1, attn.qkv.weight.shape[0])  # input-major
-    assert (
-        attn.o_proj.weight.stride(0) == 1
-        and model.model.layers[1].mlp.down_proj.weight.stride(0) == 1
-    )
+    decoded = [attn.qkv.weight, attn.o_proj.weight, model.model.layers[1].mlp.down_proj.weight]
+    if native:  # row-major, for llm_kernels' native small-row product
+        assert all(w.is_contiguous() for w in decoded)
+    else:  # input-major, for BLAS
+        assert all(w.stride() == (1, w.shape[0]) for w in decoded)
     assert sum(p.numel() for p in model.parameters()) == bytes_before
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     fused = attn.qkv

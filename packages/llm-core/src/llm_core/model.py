@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from llm_kernels import apply_rope, attention, attention_mask, rms_norm, rope_cos_sin
+from llm_kernels import (
+    apply_rope,
+    attention,
+    attention_mask,
+    decode_weight_layout,
+    linear,
+    rms_norm,
+    rope_cos_sin,
+)
 
 from llm_core.cache import KVCache, SinkKVCache, StaticKVCache
 from llm_core.config import ModelConfig
@@ -100,10 +108,10 @@ class FusedLinears:
 
     @staticmethod
     def _concat(params: list[torch.Tensor]) -> torch.Tensor:
-        if params[0].dim() == 2:  # weights, stored input-major (see input_major)
+        if params[0].dim() == 2 and decode_weight_layout(params[0]) == "input-major":
             fused = torch.cat([p.detach().t() for p in params], dim=1).t()  # (sum of out, in)
-        else:
-            fused = torch.cat([p.detach() for p in params])  # (sum of out_features,)
+        else:  # row-major weights (see decode_layout), or biases
+            fused = torch.cat([p.detach() for p in params])  # (sum of out_features, ...)
         start = 0
         for p in params:
             p.data = fused[start : start + p.shape[0]]
@@ -128,16 +136,27 @@ class FusedLinears:
         return self.intact()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)  # (..., sum of out_features)
+        return linear(x, self.weight, self.bias)  # (..., sum of out_features)
 
 
-def input_major(linear: nn.Linear) -> None:
-    """Store ``linear``'s weight as ``[in, out]`` in memory (the same ``[out, in]`` tensor,
-    transposed strides). ``F.linear`` then hands BLAS an untransposed right operand, which
-    decodes faster on CPU (measured with MKL: about 20% for the LM head at 1 row and 30% for
-    the large projections at 8 rows). Values, shapes and names are unchanged."""
-    weight = linear.weight
-    if weight.stride(0) != 1:
+class Linear(nn.Linear):
+    """``nn.Linear`` whose product runs through :func:`llm_kernels.linear`: the same result
+    (float32 rounding apart), from the native small-row kernel in CPU decode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def decode_layout(module: nn.Linear) -> None:
+    """Store ``module``'s weight in the memory layout that decode reads fastest
+    (:func:`llm_kernels.decode_weight_layout`): row-major for the native CPU kernel, else
+    input-major (``[in, out]`` in memory: the same ``[out, in]`` tensor with transposed
+    strides, an untransposed operand for BLAS). Values, shapes and names are unchanged."""
+    weight = module.weight
+    if decode_weight_layout(weight) == "row-major":
+        if not weight.is_contiguous():
+            weight.data = weight.detach().contiguous()
+    elif weight.stride(0) != 1:
         weight.data = weight.detach().t().contiguous().t()
 
 
@@ -149,10 +168,10 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        self.q_proj = nn.Linear(config.n_embd, q_dim, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(config.n_embd, kv_dim, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(config.n_embd, kv_dim, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(q_dim, config.n_embd, bias=config.o_bias)
+        self.q_proj = Linear(config.n_embd, q_dim, bias=config.qkv_bias)
+        self.k_proj = Linear(config.n_embd, kv_dim, bias=config.qkv_bias)
+        self.v_proj = Linear(config.n_embd, kv_dim, bias=config.qkv_bias)
+        self.o_proj = Linear(q_dim, config.n_embd, bias=config.o_bias)
         self.qkv: FusedLinears | None = None  # set by Transformer.fuse_projections
 
     def fuse(self) -> None:
@@ -206,9 +225,9 @@ class MLP(nn.Module):
         self.gated = config.mlp == "swiglu"
         bias = not self.gated  # GPT-style MLPs carry biases, Llama's do not
         if self.gated:
-            self.gate_proj = nn.Linear(config.n_embd, config.ffn_dim, bias=False)
-        self.up_proj = nn.Linear(config.n_embd, config.ffn_dim, bias=bias)
-        self.down_proj = nn.Linear(config.ffn_dim, config.n_embd, bias=bias)
+            self.gate_proj = Linear(config.n_embd, config.ffn_dim, bias=False)
+        self.up_proj = Linear(config.n_embd, config.ffn_dim, bias=bias)
+        self.down_proj = Linear(config.ffn_dim, config.n_embd, bias=bias)
         self.gate_up: FusedLinears | None = None  # set by Transformer.fuse_projections
 
     def fuse(self) -> None:
@@ -264,7 +283,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.model = TransformerBody(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.reset_parameters()
@@ -305,17 +324,17 @@ class Transformer(nn.Module):
         The weights move into one tensor per group (views keep their names, so memory, the
         state_dict and training are unchanged); forwards without gradients then run one matrix
         product per group instead of three (two), which saves time in decode. Every matrix
-        the fusion touches, and o, down and an untied LM head, is stored input-major (see
-        :func:`input_major`). Calling it again (another ``LLM`` on the same model) re-fuses only
+        the fusion touches, and o, down and an untied LM head, is stored in the layout decode
+        reads fastest (see :func:`decode_layout`). Calling it again (another ``LLM`` on the same model) re-fuses only
         the layers whose weights were replaced since.
         """
         for layer in self.model.layers:
             layer.self_attn.fuse()
             layer.mlp.fuse()
-            input_major(layer.self_attn.o_proj)
-            input_major(layer.mlp.down_proj)
+            decode_layout(layer.self_attn.o_proj)
+            decode_layout(layer.mlp.down_proj)
         if not self.config.tie_embeddings:  # a tied head is the embedding table: rows stay rows
-            input_major(self.lm_head)
+            decode_layout(self.lm_head)
         return self
 
     def num_parameters(self) -> int:

@@ -1,14 +1,24 @@
 """Tensor ops for llm, each with a torch reference and one dispatcher.
 
-Model code calls :func:`attention`, :func:`apply_rope` and :func:`rms_norm` from here; the
-references live in :mod:`llm_kernels.reference`.
+Model code calls :func:`attention`, :func:`apply_rope`, :func:`rms_norm` and :func:`linear`
+from here; the references live in :mod:`llm_kernels.reference`, the natively compiled CPU
+kernel behind :func:`linear` in :mod:`llm_kernels.native`.
 """
 
 from importlib.metadata import version as _version
 
-from llm_kernels.ops import apply_rope, attention, rms_norm
+from llm_kernels.ops import apply_rope, attention, decode_weight_layout, linear, rms_norm
 from llm_kernels.reference import attention_mask, rope_cos_sin
 
 __version__ = _version("llm-kernels")
 
-__all__ = ["__version__", "apply_rope", "attention", "attention_mask", "rms_norm", "rope_cos_sin"]
+__all__ = [
+    "__version__",
+    "apply_rope",
+    "attention",
+    "attention_mask",
+    "decode_weight_layout",
+    "linear",
+    "rms_norm",
+    "rope_cos_sin",
+]

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from llm_kernels import __version__
+from llm_kernels import __version__, native
 
 OPS = ("attention", "apply_rope", "rms_norm")
 
@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"TRITON_INTERPRET: {os.environ.get('TRITON_INTERPRET', '0')}")
         for op in OPS:
             print(f"  {op}: torch reference")
+        if native.available():
+            rows = f"native kernel (float32, CPU, up to {native.MAX_ROWS} rows), else F.linear"
+        else:
+            rows = f"F.linear (native kernel unavailable: {native.error})"
+        print(f"  linear: {rows}")
     return 0
 
 

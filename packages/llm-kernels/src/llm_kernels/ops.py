@@ -7,10 +7,12 @@ here are the contract: implementations behind them may change, callers never nee
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
-from llm_kernels import reference
+from llm_kernels import native, reference
 
 
 def attention(
@@ -60,6 +62,54 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
         # aten's own op: the same float32 arithmetic in one call instead of seven
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     return reference.rms_norm(x, weight, eps)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``: ``x`` ``[..., in]``, ``weight`` ``[out, in]``.
+
+    A product of at most :data:`~llm_kernels.native.MAX_ROWS` rows of float32 on CPU with a
+    row-major weight (decode: one row per stream) runs the native kernel
+    ``torch.ops.llm_kernels.linear_rows`` when it is available (see
+    :mod:`llm_kernels.native`); everything else, and anything that needs gradients, runs
+    ``F.linear``. Both compute the same sums in a different order (float32 rounding apart).
+    """
+    if _rows_kernel_applies(x, weight, bias) and _native_available():
+        return torch.ops.llm_kernels.linear_rows(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def decode_weight_layout(weight: torch.Tensor) -> Literal["row-major", "input-major"]:
+    """The memory layout in which :func:`linear` multiplies a few rows by ``weight``
+    fastest: row-major (``[out, in]`` contiguous) where the native kernel takes it (float32
+    on CPU), else input-major (``[in, out]`` in memory), which hands BLAS an untransposed
+    operand (with MKL, about 20% faster at 1 row and 30% at 8 than row-major)."""
+    if weight.device.type == "cpu" and weight.dtype == torch.float32 and _native_available():
+        return "row-major"
+    return "input-major"
+
+
+@torch.compiler.assume_constant_result
+def _native_available() -> bool:
+    return native.available()
+
+
+def _rows_kernel_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    if x.device.type != "cpu" or weight.device.type != "cpu":
+        return False
+    if x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if bias is not None and (bias.dtype != torch.float32 or bias.device.type != "cpu"):
+        return False
+    if weight.dim() != 2 or weight.stride(1) != 1 or weight.stride(0) != weight.shape[1]:
+        return False
+    if x.dim() == 0 or x.shape[-1] != weight.shape[1] or weight.numel() == 0:
+        return False
+    if not 1 <= x.numel() // x.shape[-1] <= native.MAX_ROWS:
+        return False
+    needs_grad = (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    return not (needs_grad and torch.is_grad_enabled())
 
 
 def _check_attention_shapes(

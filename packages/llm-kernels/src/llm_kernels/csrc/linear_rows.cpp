@@ -1,0 +1,143 @@
+// llm_kernels::linear_rows(x, weight, bias) -> y: F.linear for a few rows of float32 on CPU.
+//
+// Decode multiplies one row per running stream by every weight matrix, so its speed is the
+// rate at which the weights stream from memory. This kernel reads each weight row once for
+// all input rows (up to 16), several weight rows at a time with software prefetch, and splits
+// the output rows between torch's intra-op threads. Weights are row-major ([out, in], unit
+// stride along in); x is [..., in] with at most 16 rows; y is [..., out].
+//
+// llm_kernels.native compiles it at first use with -march=native; GCC's vector extensions
+// keep it portable (one AVX-512 register per vector here, two AVX2 halves elsewhere).
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+
+namespace {
+
+constexpr int64_t kLanes = 16;
+constexpr int64_t kMaxRows = 16;        // input rows per call
+constexpr int64_t kPrefetchAhead = 2048;  // floats (8 KiB) ahead of the weights being read
+
+typedef float vec16 __attribute__((vector_size(64)));
+typedef float vec16u __attribute__((vector_size(64), aligned(4)));  // for unaligned loads
+
+inline vec16 load(const float* p) { return *reinterpret_cast<const vec16u*>(p); }
+
+inline float hsum(vec16 v) {
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+// y[m * ld_y + r] = sum_i w[r * in + i] * x[m * in + i] for r < R, m < M.
+template <int R, int M>
+inline void block(const float* w, int64_t in, const float* x, float* y, int64_t ld_y) {
+  vec16 acc[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] = vec16{};
+  const int64_t body = in - in % kLanes;
+  for (int64_t i = 0; i < body; i += kLanes) {
+    vec16 wv[R];
+    for (int r = 0; r < R; ++r) {
+      __builtin_prefetch(w + r * in + i + kPrefetchAhead, 0, 3);
+      wv[r] = load(w + r * in + i);
+    }
+    for (int m = 0; m < M; ++m) {
+      const vec16 xv = load(x + m * in + i);
+      for (int r = 0; r < R; ++r) acc[r][m] += wv[r] * xv;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int m = 0; m < M; ++m) {
+      float s = hsum(acc[r][m]);
+      for (int64_t i = body; i < in; ++i) s += w[r * in + i] * x[m * in + i];
+      y[m * ld_y + r] = s;
+    }
+  }
+}
+
+// R weight rows against all m input rows, eight at a time (the weights stay in L1 between).
+template <int R>
+inline void block_rows(const float* w, int64_t in, const float* x, int64_t m, float* y,
+                       int64_t ld_y) {
+  for (int64_t m0 = 0; m0 < m; m0 += 8) {
+    const float* xm = x + m0 * in;
+    float* ym = y + m0 * ld_y;
+    switch (std::min<int64_t>(8, m - m0)) {
+      case 1: block<R, 1>(w, in, xm, ym, ld_y); break;
+      case 2: block<R, 2>(w, in, xm, ym, ld_y); break;
+      case 3: block<R, 3>(w, in, xm, ym, ld_y); break;
+      case 4: block<R, 4>(w, in, xm, ym, ld_y); break;
+      case 5: block<R, 5>(w, in, xm, ym, ld_y); break;
+      case 6: block<R, 6>(w, in, xm, ym, ld_y); break;
+      case 7: block<R, 7>(w, in, xm, ym, ld_y); break;
+      default: block<R, 8>(w, in, xm, ym, ld_y); break;
+    }
+  }
+}
+
+// Output columns [begin, end): blocks of 4 weight rows for one input row (4 accumulators),
+// of 2 for more (up to 16 accumulators), then single rows.
+void columns(const float* w, int64_t in, const float* x, int64_t m, float* y, int64_t out,
+             int64_t begin, int64_t end) {
+  int64_t o = begin;
+  if (m == 1) {
+    for (; o + 4 <= end; o += 4) block_rows<4>(w + o * in, in, x, m, y + o, out);
+  } else {
+    for (; o + 2 <= end; o += 2) block_rows<2>(w + o * in, in, x, m, y + o, out);
+  }
+  for (; o < end; ++o) block_rows<1>(w + o * in, in, x, m, y + o, out);
+}
+
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "linear_rows: CPU tensors only");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat,
+              "linear_rows: float32 tensors only");
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) > 0 && weight.size(1) > 0,
+              "linear_rows: weight must be a non-empty [out, in] matrix");
+  TORCH_CHECK(weight.stride(1) == 1 && weight.stride(0) == weight.size(1),
+              "linear_rows: weight must be row-major (contiguous [out, in])");
+  const int64_t out = weight.size(0);
+  const int64_t in = weight.size(1);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in, "linear_rows: x must be [..., ", in,
+              "], got last dimension ", x.dim() ? x.size(-1) : 0);
+  const int64_t m = x.numel() / in;
+  TORCH_CHECK(m >= 1 && m <= kMaxRows, "linear_rows: 1 to ", kMaxRows,
+              " input rows, got ", m);
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == at::kFloat &&
+                    bias->dim() == 1 && bias->size(0) == out,
+                "linear_rows: bias must be a float32 [", out, "] CPU tensor");
+  }
+  const at::Tensor xc = x.contiguous();
+  auto sizes = x.sizes().vec();
+  sizes.back() = out;
+  at::Tensor y = at::empty(sizes, x.options());
+  const float* wp = weight.data_ptr<float>();
+  const float* xp = xc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  // Each thread takes a contiguous share of the output columns (weight rows); a matrix under
+  // 256 KiB stays on one thread.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / in);
+  at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
+    columns(wp, in, xp, m, yp, out, begin, end);
+  });
+  if (bias.has_value() && bias->defined()) y.add_(*bias);
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(llm_kernels, lib) {
+  lib.def("linear_rows(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("linear_rows", &linear_rows); }

@@ -1,0 +1,169 @@
+"""Native CPU kernels, compiled on this machine at first use.
+
+The only one is ``torch.ops.llm_kernels.linear_rows`` (``csrc/linear_rows.cpp``): ``F.linear``
+for up to :data:`MAX_ROWS` rows of float32 on CPU, the matrix-vector products that decode
+spends its time in. It streams the weights faster than the BLAS that torch ships with, whose
+small-row path the dispatcher :func:`llm_kernels.linear` replaces with it (figures in
+docs/benchmarks.md).
+
+:func:`load` compiles the source with the C++ compiler on ``PATH`` (``$CXX``, else ``g++``)
+against torch's own headers and libraries, for this CPU (``-march=native``), once per source,
+torch version and CPU: the library is kept under ``$LLM_KERNELS_CACHE`` (default
+``~/.cache/llm-kernels``) and later processes load it in milliseconds. Without a compiler, on
+a platform other than Linux, or with ``LLM_KERNELS_NATIVE=0``, nothing is built and the
+dispatcher keeps torch's ops; :data:`error` then says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+MAX_ROWS = 16  # input rows that linear_rows takes (kMaxRows in the source)
+SOURCE = Path(__file__).parent / "csrc" / "linear_rows.cpp"
+
+log = logging.getLogger(__name__)
+error: str | None = None  # why the native kernels are unavailable, once load() said so
+
+_lock = threading.Lock()
+_loaded: bool | None = None
+
+
+class _Disabled(RuntimeError):
+    """Not an error: the user turned the native kernels off."""
+
+
+def cache_dir() -> Path:
+    """Where compiled libraries are kept."""
+    if "LLM_KERNELS_CACHE" in os.environ:
+        return Path(os.environ["LLM_KERNELS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llm-kernels"
+
+
+def _torch_dirs() -> tuple[list[Path], Path]:
+    root = Path(torch.__file__).parent
+    return [root / "include", root / "include" / "torch" / "csrc" / "api" / "include"], root / "lib"
+
+
+def compile_command(compiler: str, output: Path) -> list[str]:
+    """The command that builds the library at ``output``."""
+    includes, libdir = _torch_dirs()
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return [
+        compiler,
+        "-O3",
+        "-march=native",
+        "-fopenmp",  # torch's parallel_for is OpenMP in its headers; the runtime is torch's
+        "-shared",
+        "-fPIC",
+        "-std=c++20",
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        *[f"-I{d}" for d in includes],
+        str(SOURCE),
+        "-o",
+        str(output),
+        f"-L{libdir}",
+        "-lc10",
+        "-ltorch_cpu",
+        f"-Wl,-rpath,{libdir}",
+    ]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def library_path(compiler: str) -> Path:
+    """The cached library for this source, torch, compiler and CPU (built or not)."""
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), compiler.encode()):
+        key.update(part)
+    key.update(_cpu_flags().encode())
+    return cache_dir() / f"linear_rows-{key.hexdigest()[:16]}.so"
+
+
+def build(compiler: str, output: Path) -> None:
+    """Compile the library to ``output``, atomically (a failed or concurrent build leaves no
+    partial file there). Raises ``RuntimeError`` with the compiler's first error line."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", prefix=".build-", dir=output.parent)
+    os.close(fd)
+    try:
+        result = subprocess.run(
+            compile_command(compiler, Path(tmp)), capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            lines = [line for line in result.stderr.splitlines() if "error" in line]
+            raise RuntimeError(
+                f"{compiler} failed on {SOURCE.name}: {(lines or ['exit ' + str(result.returncode)])[0]}"
+            )
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _register_fake() -> None:
+    @torch.library.register_fake("llm_kernels::linear_rows")
+    def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def load() -> bool:
+    """Build (first time on this machine) and load the native kernels; whether they are
+    available. Never raises: a failure is logged once and kept in :data:`error`."""
+    global _loaded, error
+    if _loaded is not None:
+        return _loaded
+    with _lock:
+        if _loaded is not None:
+            return _loaded
+        try:
+            _load()
+            _loaded = True
+        except Exception as exc:  # any failure means: use torch's ops
+            error = str(exc)
+            level = logging.INFO if isinstance(exc, _Disabled) else logging.WARNING
+            log.log(
+                level, "llm_kernels: native CPU kernels unavailable (%s); using torch's ops", exc
+            )
+            _loaded = False
+    return _loaded
+
+
+def _load() -> None:
+    if os.environ.get("LLM_KERNELS_NATIVE", "1") == "0":
+        raise _Disabled("disabled by LLM_KERNELS_NATIVE=0")
+    if not sys.platform.startswith("linux"):
+        raise RuntimeError(f"native kernels are built on Linux only, not {sys.platform}")
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler: {compiler!r} is not on PATH")
+    path = library_path(compiler)
+    if not path.exists():
+        log.info("llm_kernels: compiling %s into %s", SOURCE.name, path)
+        build(compiler, path)
+    torch.ops.load_library(str(path))
+    _register_fake()
+
+
+def available() -> bool:
+    """Whether ``torch.ops.llm_kernels.linear_rows`` can run (loads it on first call)."""
+    return load()
