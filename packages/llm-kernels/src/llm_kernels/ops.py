@@ -74,7 +74,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     ``F.linear``. Both compute the same sums in a different order (float32 rounding apart).
     """
     if _rows_kernel_applies(x, weight, bias) and _native_available():
-        return torch.ops.llm_kernels.linear_rows(x, weight, bias)
+        return torch.ops.llm_kernels.linear_rows.default(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -94,22 +94,24 @@ def _native_available() -> bool:
 
 
 def _rows_kernel_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    if x.device.type != "cpu" or weight.device.type != "cpu":
+    # cheapest tests first: this runs for every product in eager decode
+    if (
+        x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or not (x.is_cpu and weight.is_cpu)
+    ):
         return False
-    if x.dtype != torch.float32 or weight.dtype != torch.float32:
+    if weight.dim() != 2 or not weight.is_contiguous() or weight.numel() == 0:
+        return False  # row-major [out, in] only
+    if x.dim() == 0 or x.shape[-1] != weight.shape[1] or x.numel() > native.MAX_ROWS * x.shape[-1]:
         return False
-    if bias is not None and (bias.dtype != torch.float32 or bias.device.type != "cpu"):
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_cpu):
         return False
-    if weight.dim() != 2 or weight.stride(1) != 1 or weight.stride(0) != weight.shape[1]:
-        return False
-    if x.dim() == 0 or x.shape[-1] != weight.shape[1] or weight.numel() == 0:
-        return False
-    if not 1 <= x.numel() // x.shape[-1] <= native.MAX_ROWS:
-        return False
-    needs_grad = (
+    if torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    )
-    return not (needs_grad and torch.is_grad_enabled())
+    ):
+        return False  # the kernel has no backward
+    return x.numel() > 0
 
 
 def _check_attention_shapes(
