@@ -210,6 +210,9 @@ def llama_cpp_runner(path: Path, prompt: list[int], n_new: int, threads: int):
     )
 
     def run() -> list[int]:
+        # Forget the last run's tokens: generate() otherwise reuses the KV of the longest
+        # common prefix (all but one prompt token), a prefill the other engines pay for.
+        cpp.reset()
         out = []
         for token in cpp.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
             out.append(token)
