@@ -7,6 +7,7 @@ Usage: python scripts/check_wheels.py DIST_DIR
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,8 +58,14 @@ def main(dist: str) -> int:
                 [str(py), "-c", f"import {module}; print({module}.__name__, {module}.__version__)"],
                 [str(venv / "bin" / name), "--version"],
             ]
+            if name == "llm-kernels" and shutil.which("g++"):
+                # the wheel's own C++ source builds and loads (from the cache when unchanged)
+                steps.append([str(venv / "bin" / name), "info"])
             for step in steps:
                 result = subprocess.run(step, capture_output=True, text=True)
+                if step[-1] == "info" and "linear: native kernel" not in result.stdout:
+                    result.returncode = result.returncode or 1
+                    result.stderr = f"native kernel unavailable:\n{result.stdout}{result.stderr}"
                 if result.returncode != 0:
                     print(
                         f"FAIL {name}: {' '.join(step[:3])}...\n{result.stderr.strip()}",
