@@ -325,8 +325,8 @@ class Transformer(nn.Module):
         state_dict and training are unchanged); forwards without gradients then run one matrix
         product per group instead of three (two), which saves time in decode. Every matrix
         the fusion touches, and o, down and an untied LM head, is stored in the layout decode
-        reads fastest (see :func:`decode_layout`). Calling it again (another ``LLM`` on the same model) re-fuses only
-        the layers whose weights were replaced since.
+        reads fastest (see :func:`decode_layout`). Calling it again (another ``LLM`` on the
+        same model) re-fuses only the layers whose weights were replaced since.
         """
         for layer in self.model.layers:
             layer.self_attn.fuse()
