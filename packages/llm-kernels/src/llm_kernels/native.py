@@ -6,7 +6,7 @@ in. It reads each weight once for all rows: as fast as torch's BLAS (MKL) at one
 1.5-1.7x as fast at 2 to 8 (one row per stream in a batch); :func:`llm_kernels.linear`
 dispatches those products to it (figures in docs/benchmarks.md).
 
-:func:`load` compiles the source with the C++ compiler on ``PATH`` (``$CXX``, else ``g++``)
+:func:`available` compiles the source with the C++ compiler on ``PATH`` (``$CXX``, else ``g++``)
 against torch's own headers and libraries, for this CPU (``-march=native``), once per source,
 torch version and CPU: the library is kept under ``$LLM_KERNELS_CACHE`` (default
 ``~/.cache/llm-kernels``) and later processes load it in milliseconds. Without a compiler, on
@@ -33,7 +33,7 @@ MAX_ROWS = 16  # input rows that linear_rows takes (kMaxRows in the source)
 SOURCE = Path(__file__).parent / "csrc" / "linear_rows.cpp"
 
 log = logging.getLogger(__name__)
-error: str | None = None  # why the native kernels are unavailable, once load() said so
+error: str | None = None  # why the native kernels are unavailable, once available() said so
 
 _lock = threading.Lock()
 _loaded: bool | None = None
@@ -126,9 +126,10 @@ def _register_fake() -> None:
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-def load() -> bool:
-    """Build (first time on this machine) and load the native kernels; whether they are
-    available. Never raises: a failure is logged once and kept in :data:`error`."""
+def available() -> bool:
+    """Whether ``torch.ops.llm_kernels.linear_rows`` can run: builds it (the first time on
+    this machine) and loads it on the first call. Never raises: a failure is logged once and
+    kept in :data:`error`."""
     global _loaded, error
     if _loaded is not None:
         return _loaded
@@ -162,8 +163,3 @@ def _load() -> None:
         build(compiler, path)
     torch.ops.load_library(str(path))
     _register_fake()
-
-
-def available() -> bool:
-    """Whether ``torch.ops.llm_kernels.linear_rows`` can run (loads it on first call)."""
-    return load()
