@@ -59,11 +59,12 @@ def main(dist: str) -> int:
                 [str(venv / "bin" / name), "--version"],
             ]
             if name == "llm-kernels" and shutil.which("g++"):
-                # the wheel's own C++ source builds and loads (from the cache when unchanged)
+                # the wheel's own C++ sources build and load (from the cache when unchanged)
                 steps.append([str(venv / "bin" / name), "info"])
             for step in steps:
                 result = subprocess.run(step, capture_output=True, text=True)
-                if step[-1] == "info" and "linear: native kernel" not in result.stdout:
+                native_ops = ("linear: native kernel", "attention: native kernel")
+                if step[-1] == "info" and not all(op in result.stdout for op in native_ops):
                     result.returncode = result.returncode or 1
                     result.stderr = f"native kernel unavailable:\n{result.stdout}{result.stderr}"
                 if result.returncode != 0:

@@ -1,12 +1,13 @@
-"""The native small-row linear kernel against torch's F.linear (float64), its dispatch, its
-build, and its use inside torch.compile."""
+"""The native kernels against references in float64 (torch's F.linear, HF transformers' eager
+attention), their dispatch, their build, and their use inside torch.compile."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from llm_kernels import decode_weight_layout, linear, native
+from llm_kernels import attention, attention_mask, decode_weight_layout, linear, native
+from transformers.models.llama import modeling_llama as hf
 
 needs_native = pytest.mark.skipif(
     not native.available(), reason=f"native kernels unavailable: {native.error}"
@@ -56,10 +57,10 @@ def test_linear_rows_rejects_what_it_cannot_compute(x, w, message):
         torch.ops.llm_kernels.linear_rows(x, w)
 
 
-def _calls(fn) -> int:
+def _calls(fn, op: str = "llm_kernels::linear_rows") -> int:
     with torch.profiler.profile() as prof:
         fn()
-    return sum(e.count for e in prof.key_averages() if e.key == "llm_kernels::linear_rows")
+    return sum(e.count for e in prof.key_averages() if e.key == op)
 
 
 @needs_native
@@ -95,6 +96,125 @@ def test_linear_inside_torch_compile_runs_the_kernel_in_one_graph():
         assert _calls(lambda: compiled(x)) == 2
 
 
+def _hf_attention(q, k, v, mask, scale):
+    """HF transformers' eager attention in float64 with the additive form of ``mask``; rows
+    that see no key are zeros (our rule; HF's softmax would spread them evenly)."""
+    module = torch.nn.Module()
+    module.num_key_value_groups = q.shape[1] // k.shape[1]
+    module.training = False
+    q, k, v = q.double(), k.double(), v.double()
+    additive = torch.zeros(mask.shape, dtype=torch.float64).masked_fill(~mask, float("-inf"))
+    out, _ = hf.eager_attention_forward(module, q, k, v, additive, scaling=scale)
+    return out.transpose(1, 2).nan_to_num(0.0).float()  # HF returns (B, T, H, D)
+
+
+ATTEND_CASES = {
+    # name: (B, H, H_kv, T, S, D, window, sinks, scale)
+    "decode, llama-125m heads": (1, 12, 4, 1, 160, 64, None, 0, None),
+    "eight streams": (8, 12, 4, 1, 45, 64, None, 0, None),
+    "few keys (under 4)": (2, 4, 2, 1, 3, 64, None, 0, None),
+    "one key": (1, 4, 4, 1, 1, 32, None, 0, None),
+    "head_dim with a tail": (2, 6, 2, 3, 37, 20, None, 0, None),
+    "head_dim 128, long cache": (1, 8, 1, 1, 700, 128, None, 0, None),
+    "window and sinks": (2, 4, 2, 4, 50, 16, 8, 2, None),
+    "sixteen queries": (1, 4, 2, 16, 40, 64, None, 0, None),
+    "peaked scores": (1, 4, 4, 2, 64, 64, None, 0, 4.0),
+}
+
+
+@needs_native
+@pytest.mark.parametrize("case", list(ATTEND_CASES))
+def test_attend_rows_matches_hf_eager_attention(case):
+    B, H, H_kv, T, S, D, window, sinks, scale = ATTEND_CASES[case]
+    torch.manual_seed(len(case))
+    q = torch.randn(B, H, T, D)
+    # keys and values as a static cache holds them: slices of larger per-layer buffers
+    k = torch.randn(B, H_kv, S + 9, D)[:, :, :S]
+    v = torch.randn(B, H_kv, S + 9, D)[:, :, :S]
+    k_pos = torch.arange(S).expand(B, S).clone()
+    k_pos[0, : S // 3] = -1  # empty slots in the first row
+    q_pos = torch.arange(S - T, S).expand(B, T)
+    mask = attention_mask(q_pos, k_pos, window=window, sink_tokens=sinks)  # (B, 1, T, S)
+    scale = D**-0.5 if scale is None else scale
+    got = torch.ops.llm_kernels.attend_rows(q, k, v, mask, scale)
+    want = _hf_attention(q, k, v, mask, scale)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+    shared = mask[:1]  # one mask for every row: broadcast over the batch
+    torch.testing.assert_close(
+        torch.ops.llm_kernels.attend_rows(q, k, v, shared, scale),
+        _hf_attention(q, k, v, shared.expand(B, 1, T, S), scale),
+        atol=2e-5,
+        rtol=2e-5,
+    )
+
+
+@needs_native
+def test_attend_rows_gives_zeros_to_a_query_that_sees_no_key():
+    q, k, v = torch.randn(1, 2, 2, 16), torch.randn(1, 1, 5, 16), torch.randn(1, 1, 5, 16)
+    mask = attention_mask(torch.tensor([[0, 3]]), torch.tensor([[-1, -1, 1, 2, 3]]))
+    got = torch.ops.llm_kernels.attend_rows(q, k, v, mask, 0.25)
+    assert torch.all(got[:, :, 0] == 0)
+    torch.testing.assert_close(got[:, :, 1], _hf_attention(q, k, v, mask, 0.25)[:, :, 1])
+    empty = torch.ops.llm_kernels.attend_rows(
+        q, k[:, :, :0], v[:, :, :0], mask[..., :0], 0.25
+    )  # no keys at all
+    assert empty.shape == q.shape and torch.all(empty == 0)
+
+
+@needs_native
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((torch.randn(1, 3, 1, 8), torch.randn(1, 2, 4, 8)), "disagree"),
+        ((torch.randn(1, 2, 1, 8).double(), torch.randn(1, 2, 4, 8).double()), "float32"),
+        ((torch.randn(1, 2, 1, 8), torch.randn(1, 2, 8, 4).transpose(2, 3)), "unit stride"),
+    ],
+)
+def test_attend_rows_rejects_what_it_cannot_compute(args, message):
+    q, k = args
+    mask = torch.ones(1, 1, 1, k.shape[2], dtype=torch.bool)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.llm_kernels.attend_rows(q, k, k, mask, 1.0)
+    one_key = torch.ones(1, 1, 1, 1, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="mask"):
+        torch.ops.llm_kernels.attend_rows(
+            torch.randn(1, 2, 1, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), one_key, 1.0
+        )  # 1 key in the mask, 4 in the cache
+
+
+@needs_native
+def test_attention_dispatches_decode_to_the_kernel():
+    torch.manual_seed(0)
+    k, v = torch.randn(2, 2, 30, 16), torch.randn(2, 2, 30, 16)
+    k_pos = torch.arange(30)
+
+    def run(q, k=k, v=v):
+        T = q.shape[2]
+        return lambda: attention(q, k, v, torch.arange(30 - T, 30), k_pos)
+
+    op = "llm_kernels::attend_rows"
+    with torch.inference_mode():
+        assert _calls(run(torch.randn(2, 4, 1, 16)), op) == 1
+        assert _calls(run(torch.randn(2, 4, native.MAX_ROWS, 16)), op) == 1
+        assert _calls(run(torch.randn(2, 4, native.MAX_ROWS + 1, 16)), op) == 0  # prefill: SDPA
+        assert _calls(run(torch.randn(2, 4, 1, 16).double(), k.double(), v.double()), op) == 0
+    q = torch.randn(2, 4, 1, 16, requires_grad=True)
+    assert _calls(lambda: attention(q, k, v, torch.tensor([29]), k_pos).sum().backward(), op) == 0
+    assert q.grad is not None  # gradients: torch's SDPA
+
+
+@needs_native
+def test_attention_inside_torch_compile_runs_the_kernel_in_one_graph():
+    torch.manual_seed(1)
+    q, k, v = torch.randn(1, 6, 1, 32), torch.randn(1, 2, 20, 32), torch.randn(1, 2, 20, 32)
+    q_pos, k_pos = torch.tensor([[19]]), torch.arange(20).unsqueeze(0)
+    compiled = torch.compile(lambda *a: attention(*a, window=8), fullgraph=True)
+    want = _hf_attention(q, k, v, attention_mask(q_pos, k_pos, window=8), 32**-0.5)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(q, k, v, q_pos, k_pos), want, atol=2e-5, rtol=2e-5)
+        assert _calls(lambda: compiled(q, k, v, q_pos, k_pos), "llm_kernels::attend_rows") == 1
+
+
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
     """``native`` as before its first load, with an empty cache directory."""
@@ -121,8 +241,8 @@ def test_failed_build_warns_once_and_leaves_nothing_in_the_cache(fresh, monkeypa
     assert y.tolist() == [[8.0] * 4]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [
-        "llm_kernels: native CPU kernels unavailable (false failed on linear_rows.cpp: exit 1);"
-        " using torch's ops"
+        "llm_kernels: native CPU kernels unavailable (false failed on the native kernels'"
+        " sources: exit 1); using torch's ops"
     ]
     assert list(fresh.iterdir()) == []
 

@@ -10,7 +10,7 @@ import torch
 
 from llm_kernels import __version__, native
 
-OPS = ("attention", "apply_rope", "rms_norm")
+OPS = ("apply_rope", "rms_norm")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,11 +32,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"TRITON_INTERPRET: {os.environ.get('TRITON_INTERPRET', '0')}")
         for op in OPS:
             print(f"  {op}: torch reference")
+        n = native.MAX_ROWS
         if native.available():
-            rows = f"native kernel (float32, CPU, up to {native.MAX_ROWS} rows), else F.linear"
+            rows = f"native kernel (float32, CPU, up to {n} rows), else F.linear"
+            attend = f"native kernel (float32, CPU, up to {n} queries a row), else torch's SDPA"
         else:
             rows = f"F.linear (native kernel unavailable: {native.error})"
+            attend = "torch's SDPA"
         print(f"  linear: {rows}")
+        print(f"  attention: {attend}")
     return 0
 
 

@@ -1,14 +1,20 @@
 """Native CPU kernels, compiled on this machine at first use.
 
-The only one is ``torch.ops.llm_kernels.linear_rows`` (``csrc/linear_rows.cpp``): ``F.linear``
-for up to :data:`MAX_ROWS` rows of float32 on CPU, the products that decode spends its time
-in. It reads each weight once for all rows: as fast as torch's BLAS (MKL) at one row, and
-1.5-1.7x as fast at 2 to 8 (one row per stream in a batch); :func:`llm_kernels.linear`
-dispatches those products to it (figures in docs/benchmarks.md).
+Two ops, for the two things decode spends its time in (float32 on CPU):
 
-:func:`available` compiles the source with the C++ compiler on ``PATH`` (``$CXX``, else ``g++``)
-against torch's own headers and libraries, for this CPU (``-march=native``), once per source,
-torch version and CPU: the library is kept under ``$LLM_KERNELS_CACHE`` (default
+- ``torch.ops.llm_kernels.linear_rows`` (``csrc/linear_rows.cpp``): ``F.linear`` for up to
+  :data:`MAX_ROWS` rows. It reads each weight once for all rows: as fast as torch's BLAS (MKL)
+  at one row, and 1.5-1.7x as fast at 2 to 8 (one row per stream in a batch).
+  :func:`llm_kernels.linear` dispatches those products to it.
+- ``torch.ops.llm_kernels.attend_rows`` (``csrc/attend_rows.cpp``): attention of up to
+  :data:`MAX_ROWS` queries per row against a KV cache, under a boolean mask, grouped-query
+  heads reading each key and value once. :func:`llm_kernels.attention` dispatches decode's
+  attention to it.
+
+Figures in docs/benchmarks.md. :func:`available` compiles the sources with the C++ compiler on
+``PATH`` (``$CXX``, else ``g++``) against torch's own headers and libraries, for this CPU
+(``-march=native``), once per source, torch version and CPU: the library is kept under
+``$LLM_KERNELS_CACHE`` (default
 ``~/.cache/llm-kernels``) and later processes load it in milliseconds. Without a compiler, on
 a platform other than Linux, or with ``LLM_KERNELS_NATIVE=0``, nothing is built and the
 dispatcher keeps torch's ops; :data:`error` then says why.
@@ -29,8 +35,11 @@ from pathlib import Path
 
 import torch
 
-MAX_ROWS = 16  # input rows that linear_rows takes (kMaxRows in the source)
-SOURCE = Path(__file__).parent / "csrc" / "linear_rows.cpp"
+MAX_ROWS = 16  # input rows that linear_rows takes (kMaxRows in its source); queries per row
+# that llm_kernels.attention hands to attend_rows
+SOURCES = tuple(
+    Path(__file__).parent / "csrc" / name for name in ("linear_rows.cpp", "attend_rows.cpp")
+)
 
 log = logging.getLogger(__name__)
 error: str | None = None  # why the native kernels are unavailable, once available() said so
@@ -70,7 +79,7 @@ def compile_command(compiler: str, output: Path) -> list[str]:
         "-std=c++20",
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *[f"-I{d}" for d in includes],
-        str(SOURCE),
+        *[str(source) for source in SOURCES],
         "-o",
         str(output),
         f"-L{libdir}",
@@ -91,12 +100,13 @@ def _cpu_flags() -> str:
 
 
 def library_path(compiler: str) -> Path:
-    """The cached library for this source, torch, compiler and CPU (built or not)."""
+    """The cached library for these sources, torch, compiler and CPU (built or not)."""
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), compiler.encode()):
-        key.update(part)
-    key.update(_cpu_flags().encode())
-    return cache_dir() / f"linear_rows-{key.hexdigest()[:16]}.so"
+    for source in SOURCES:
+        key.update(source.read_bytes())
+    for part in (torch.__version__, compiler, _cpu_flags()):
+        key.update(part.encode())
+    return cache_dir() / f"llm_kernels-{key.hexdigest()[:16]}.so"
 
 
 def build(compiler: str, output: Path) -> None:
@@ -111,9 +121,8 @@ def build(compiler: str, output: Path) -> None:
         )
         if result.returncode != 0:
             lines = [line for line in result.stderr.splitlines() if "error" in line]
-            raise RuntimeError(
-                f"{compiler} failed on {SOURCE.name}: {(lines or ['exit ' + str(result.returncode)])[0]}"
-            )
+            first = (lines or [f"exit {result.returncode}"])[0]
+            raise RuntimeError(f"{compiler} failed on the native kernels' sources: {first}")
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):
@@ -125,10 +134,16 @@ def _register_fake() -> None:
     def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
+    @torch.library.register_fake("llm_kernels::attend_rows")
+    def _(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        return q.new_empty(q.shape)
+
 
 def available() -> bool:
-    """Whether ``torch.ops.llm_kernels.linear_rows`` can run: builds it (the first time on
-    this machine) and loads it on the first call. Never raises: a failure is logged once and
+    """Whether the native ops can run: builds them (the first time on this machine) and loads
+    them on the first call. Never raises: a failure is logged once and
     kept in :data:`error`."""
     global _loaded, error
     if _loaded is not None:
@@ -159,7 +174,7 @@ def _load() -> None:
         raise RuntimeError(f"no C++ compiler: {compiler!r} is not on PATH")
     path = library_path(compiler)
     if not path.exists():
-        log.info("llm_kernels: compiling %s into %s", SOURCE.name, path)
+        log.info("llm_kernels: compiling the native kernels into %s", path)
         build(compiler, path)
     torch.ops.load_library(str(path))
     _register_fake()

@@ -7,6 +7,7 @@ here are the contract: implementations behind them may change, callers never nee
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -34,8 +35,18 @@ def attention(
     must be :func:`~llm_kernels.reference.attention_mask` of these positions, window and sinks:
     a model computes it once per forward and hands it to every layer. Raises ``ValueError`` on
     inconsistent shapes.
+
+    Up to :data:`~llm_kernels.native.MAX_ROWS` queries per row of float32 on CPU (decode) run
+    the native kernel ``torch.ops.llm_kernels.attend_rows`` when it is available (see
+    :mod:`llm_kernels.native`), unless gradients are needed; longer queries (prefill) run
+    torch's SDPA.
     """
     _check_attention_shapes(q, k, v, q_pos, k_pos)
+    if _attend_kernel_applies(q, k, v) and _native_available():
+        if mask is None:
+            mask = reference.attention_mask(q_pos, k_pos, window=window, sink_tokens=sink_tokens)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        return torch.ops.llm_kernels.attend_rows.default(q, k, v, mask, scale)
     if q.shape[2] == 1 and torch.compiler.is_compiling():
         # One query per row (decode) inside a compiled graph: loops that inductor fuses with
         # the mask and softmax, cheaper here than the flash kernel's tiling.
@@ -112,6 +123,14 @@ def _rows_kernel_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     ):
         return False  # the kernel has no backward
     return x.numel() > 0
+
+
+def _attend_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    if not all(t.dtype == torch.float32 and t.is_cpu for t in (q, k, v)):
+        return False
+    if q.shape[2] > native.MAX_ROWS or q.stride(3) != 1 or k.stride(3) != 1 or v.stride(3) != 1:
+        return False
+    return not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
 
 
 def _check_attention_shapes(

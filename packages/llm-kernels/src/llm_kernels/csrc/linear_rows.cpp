@@ -136,7 +136,7 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
 
 }  // namespace
 
-TORCH_LIBRARY(llm_kernels, lib) {
+TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
   lib.def("linear_rows(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
 }
 

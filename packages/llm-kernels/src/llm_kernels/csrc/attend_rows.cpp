@@ -1,0 +1,226 @@
+// llm_kernels::attend_rows(q, k, v, mask, scale) -> y: attention for a few queries per row.
+//
+// Decode asks, in every layer, for one query per stream against the keys and values held in
+// the cache. This kernel computes it for float32 on CPU in one pass over the cache: for each
+// (row, KV head, query) it scores every key for the group of query heads that share it (four
+// keys at a time), takes a softmax with a vectorised exp, and sums the value rows with each
+// head's output held in registers. (row, KV head, query) units are split between torch's
+// intra-op threads.
+//
+// q: [B, H, T, D]; k, v: [B, H_kv, S, D] with H a multiple of H_kv (grouped-query attention),
+// any strides with unit stride along D (a cache's slice needs no copy); mask: bool
+// [B or 1, 1, T, S], true where the query may see the key (llm_kernels.attention_mask).
+// y: [B, H, T, D]; a query that sees no key gets zeros, as llm_kernels.reference.attention.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kLanes = 16;
+typedef float vec16 __attribute__((vector_size(64)));
+typedef float vec16u __attribute__((vector_size(64), aligned(4)));
+inline vec16 load(const float* p) { return *reinterpret_cast<const vec16u*>(p); }
+inline void store(float* p, vec16 v) { *reinterpret_cast<vec16u*>(p) = v; }
+inline float hsum(vec16 v) {
+  typedef float vec8 __attribute__((vector_size(32)));
+  typedef float vec4 __attribute__((vector_size(16)));
+  const vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vec4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  vec16 acc{};
+  const int64_t body = n - n % kLanes;
+  for (int64_t i = 0; i < body; i += kLanes) acc += load(a + i) * load(b + i);
+  float s = hsum(acc);
+  for (int64_t i = body; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// x[j] = dot(q, k + j * ld, n) for j < 4: four independent sums.
+inline void dot4(const float* q, const float* k, int64_t ld, int64_t n, float* x) {
+  vec16 a0{}, a1{}, a2{}, a3{};
+  const int64_t body = n - n % kLanes;
+  for (int64_t i = 0; i < body; i += kLanes) {
+    const vec16 qv = load(q + i);
+    a0 += qv * load(k + i);
+    a1 += qv * load(k + ld + i);
+    a2 += qv * load(k + 2 * ld + i);
+    a3 += qv * load(k + 3 * ld + i);
+  }
+  x[0] = hsum(a0); x[1] = hsum(a1); x[2] = hsum(a2); x[3] = hsum(a3);
+  for (int64_t i = body; i < n; ++i) {
+    for (int j = 0; j < 4; ++j) x[j] += q[i] * k[j * ld + i];
+  }
+}
+
+// out[:n] = sum_s p[s] * v[s * ld : s * ld + n] (out is overwritten).
+inline void weigh_rows(const float* p, const float* v, int64_t ld, int64_t rows, int64_t n,
+                       float* out) {
+  constexpr int64_t kChunk = 8;  // vectors held in registers
+  const int64_t body = n - n % kLanes;
+  for (int64_t c = 0; c < body; c += kChunk * kLanes) {
+    const int64_t nv = std::min<int64_t>(kChunk, (body - c) / kLanes);
+    vec16 acc[kChunk] = {};
+    for (int64_t s = 0; s < rows; ++s) {
+      if (p[s] == 0.f) continue;
+      const vec16 pv = vec16{} + p[s];
+      const float* vr = v + s * ld + c;
+      for (int64_t j = 0; j < nv; ++j) acc[j] += pv * load(vr + j * kLanes);
+    }
+    for (int64_t j = 0; j < nv; ++j) store(out + c + j * kLanes, acc[j]);
+  }
+  for (int64_t i = body; i < n; ++i) {
+    float a = 0.f;
+    for (int64_t s = 0; s < rows; ++s) a += p[s] * v[s * ld + i];
+    out[i] = a;
+  }
+}
+
+// exp(x) for x <= 0 (a score minus the row's maximum), 0 below -87.3 (where float32's
+// exp leaves the normal range) and for -inf: Cephes' expf, range reduction to |r| <= ln2/2
+// and a degree-6 polynomial, within 2 ulp of std::exp in the normal range.
+typedef int32_t veci16 __attribute__((vector_size(64)));
+inline vec16 exp_nonpositive(vec16 x) {
+  const vec16 lo = vec16{} - 87.3f;
+  const veci16 dead = x < lo;
+  x = dead ? lo : x;
+  const vec16 magic = vec16{} + 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
+  const vec16 n = (x * 1.44269504088896341f + magic) - magic;
+  const vec16 r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  vec16 p = vec16{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const vec16 y = p * r * r + r + 1.f;
+  const veci16 bits = (__builtin_convertvector(n, veci16) + 127) << 23;
+  vec16 scale;
+  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  const vec16 out = y * scale;
+  return dead ? vec16{} : out;
+}
+
+// p[s] = exp(p[s] - mx) for s < n; returns their sum.
+inline float exp_shift_sum(float* p, int64_t n, float mx) {
+  vec16 acc{};
+  const vec16 m = vec16{} + mx;
+  const int64_t body = n - n % kLanes;
+  for (int64_t s = 0; s < body; s += kLanes) {
+    const vec16 e = exp_nonpositive(load(p + s) - m);
+    store(p + s, e);
+    acc += e;
+  }
+  float sum = hsum(acc);
+  for (int64_t s = body; s < n; ++s) {
+    vec16 x{};
+    x[0] = p[s] - mx;
+    p[s] = exp_nonpositive(x)[0];
+    sum += p[s];
+  }
+  return sum;
+}
+
+at::Tensor attend_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       const at::Tensor& mask, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attend_rows: q, k, v must be 4-D");
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu() && mask.device().is_cpu(),
+              "attend_rows: CPU tensors only");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "attend_rows: float32 q, k, v only");
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 4, "attend_rows: mask must be a 4-D bool tensor");
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), S = k.size(2);
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == B && k.size(3) == D && Hkv > 0 && H % Hkv == 0,
+              "attend_rows: q ", q.sizes(), " and k/v ", k.sizes(), " disagree");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+              "attend_rows: q, k and v need unit stride along head_dim");
+  TORCH_CHECK((mask.size(0) == 1 || mask.size(0) == B) && mask.size(1) == 1 && mask.size(2) == T &&
+                  mask.size(3) == S,
+              "attend_rows: mask ", mask.sizes(), " does not fit [B|1, 1, ", T, ", ", S, "]");
+  const int64_t G = H / Hkv;
+  at::Tensor y = at::empty({B, H, T, D}, q.options());
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  const bool* mp = mask.data_ptr<bool>();
+  float* yp = y.data_ptr<float>();
+  const int64_t qs0 = q.stride(0), qs1 = q.stride(1), qs2 = q.stride(2);
+  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
+  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
+  const int64_t ms0 = mask.size(0) == 1 ? 0 : mask.stride(0), ms2 = mask.stride(2), ms3 = mask.stride(3);
+  const float sc = static_cast<float>(scale);
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const int64_t units = B * Hkv * T;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, G * S * D));
+  at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(G * S);
+    std::vector<float> maxes(G);
+    std::vector<const float*> qs(G);
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t t = u % T, hk = (u / T) % Hkv, b = u / (T * Hkv);
+      const float* kb = kp + b * ks0 + hk * ks1;
+      const float* vb = vp + b * vs0 + hk * vs1;
+      const bool* mrow = mp + b * ms0 + t * ms2;
+      for (int64_t g = 0; g < G; ++g) {
+        qs[g] = qp + b * qs0 + (hk * G + g) * qs1 + t * qs2;
+        maxes[g] = kNegInf;
+      }
+      // scores: four keys at a time (independent sums), each key read once for the group
+      int64_t s = 0;
+      for (; s + 4 <= S; s += 4) {
+        const float* k0 = kb + s * ks2;
+        for (int64_t g = 0; g < G; ++g) {
+          float x[4];
+          dot4(qs[g], k0, ks2, D, x);
+          for (int j = 0; j < 4; ++j) {
+            x[j] = mrow[(s + j) * ms3] ? x[j] * sc : kNegInf;
+            scores[g * S + s + j] = x[j];
+            maxes[g] = std::max(maxes[g], x[j]);
+          }
+        }
+      }
+      for (; s < S; ++s) {
+        const bool seen = mrow[s * ms3];
+        for (int64_t g = 0; g < G; ++g) {
+          const float x = seen ? dot(qs[g], kb + s * ks2, D) * sc : kNegInf;
+          scores[g * S + s] = x;
+          maxes[g] = std::max(maxes[g], x);
+        }
+      }
+      float* outs = yp + ((b * H + hk * G) * T + t) * D;  // head g at outs + g * T * D
+      for (int64_t g = 0; g < G; ++g) {
+        float* sg = scores.data() + g * S;
+        if (maxes[g] == kNegInf) {  // sees no key: zeros, as the reference
+          std::fill(sg, sg + S, 0.f);
+          continue;
+        }
+        const float inv = 1.f / exp_shift_sum(sg, S, maxes[g]);
+        for (int64_t s = 0; s < S; ++s) sg[s] *= inv;
+      }
+      // values: each head's output in registers, 128 columns at a time
+      for (int64_t g = 0; g < G; ++g) weigh_rows(scores.data() + g * S, vb, vs2, S, D, outs + g * T * D);
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
+  lib.def("attend_rows(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("attend_rows", &attend_rows); }
