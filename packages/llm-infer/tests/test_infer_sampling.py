@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from llm_infer.sampling import SamplingParams, probabilities, sample
+from llm_infer.sampling import SamplingParams, argmax, probabilities, process_logits, sample
 
 P = [0.5, 0.25, 0.15, 0.1]  # a distribution whose logits are log(P)
 LOGITS = torch.tensor([math.log(p) for p in P])
@@ -26,6 +26,28 @@ def test_plain_sampling_is_the_softmax():
 
 def test_greedy_is_one_hot_at_the_argmax():
     close(dist(temperature=0), [1, 0, 0, 0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_argmax_agrees_with_torch_on_ties_and_nans(dtype):
+    torch.manual_seed(0)
+    cases = [
+        torch.randn(32000),
+        torch.tensor([1.0, 3.0, 3.0, 2.0]),  # a tie: the first
+        torch.tensor([1.0, float("nan"), 5.0, float("nan")]),  # a NaN counts as the largest
+        torch.tensor([float("-inf"), float("-inf"), -1e30]),
+        torch.tensor([float("-inf"), float("-inf")]),
+    ]
+    for logits in cases:
+        logits = logits.to(dtype)
+        assert argmax(logits) == int(torch.argmax(logits)), logits
+
+
+def test_greedy_without_edits_does_not_copy_the_logits():
+    logits = torch.randn(50)
+    assert process_logits(logits, SamplingParams(temperature=0.0)) is logits
+    edited = process_logits(logits, SamplingParams(temperature=0.0, logit_bias={3: 1.0}))
+    assert edited is not logits and edited[3] == logits[3] + 1.0
 
 
 @pytest.mark.parametrize("t", [1e-6, 1e-40, 5e-324])

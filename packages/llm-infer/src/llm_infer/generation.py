@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from llm_infer.protocols import Tokenizer
-from llm_infer.sampling import SamplingParams, process_logits
+from llm_infer.sampling import SamplingParams, argmax, process_logits
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -149,7 +149,7 @@ class Generation:
             logits, self.params, seen=seen, counts=self.counts, banned=banned
         )  # (V,)
         if self.params.greedy:
-            token = int(processed.argmax())
+            token = argmax(processed)
         else:
             probs = torch.softmax(processed, dim=-1)  # (V,)
             token = int(torch.multinomial(probs, 1, generator=self.generator))

@@ -190,6 +190,15 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(probs < min_p * probs.max(), NEG_INF)
 
 
+def argmax(logits: torch.Tensor) -> int:
+    """The index of the largest of ``logits`` (``[V]``), the first one on a tie (a NaN counts
+    as the largest, as in torch). On CPU through numpy: torch's generic reduction takes about
+    60 us for a 32k vocabulary on this machine's cores, numpy's about 3 us."""
+    if logits.is_cpu and logits.dtype in (torch.float32, torch.float64) and logits.dim() == 1:
+        return int(logits.detach().numpy().argmax())
+    return int(logits.argmax())
+
+
 def process_logits(
     logits: torch.Tensor,
     params: SamplingParams,
@@ -204,6 +213,15 @@ def process_logits(
     the output's count of each id ``[V]`` (presence and frequency penalties), ``banned`` ids
     that may not come yet (stop tokens before ``min_tokens``).
     """
+    edits = (
+        params.repetition_penalty != 1.0
+        or params.presence_penalty
+        or params.frequency_penalty
+        or params.logit_bias
+        or banned
+    )
+    if params.greedy and not edits:
+        return logits.float()  # nothing to change: no copy
     logits = logits.float().clone()  # (V,)
     if params.repetition_penalty != 1.0 and seen is not None and seen.numel():
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
@@ -227,7 +245,9 @@ def probabilities(logits: torch.Tensor, params: SamplingParams, **state: Any) ->
     """The distribution ``[V]`` that :func:`sample` draws from (one-hot at the argmax if greedy)."""
     processed = process_logits(logits, params, **state)
     if params.greedy:
-        return torch.nn.functional.one_hot(processed.argmax(), processed.shape[-1]).float()
+        return torch.nn.functional.one_hot(
+            torch.tensor(argmax(processed)), processed.shape[-1]
+        ).float()
     return torch.softmax(processed, dim=-1)
 
 
@@ -240,6 +260,6 @@ def sample(
     """Draw the next token id from ``logits`` (``[V]``) under ``params``."""
     processed = process_logits(logits, params, **state)  # (V,)
     if params.greedy:
-        return int(processed.argmax())
+        return argmax(processed)
     probs = torch.softmax(processed, dim=-1)  # (V,)
     return int(torch.multinomial(probs, 1, generator=generator))
