@@ -33,6 +33,26 @@ def test_linear_rows_matches_float64_linear(rows, out_in):
 
 
 @needs_native
+@pytest.mark.parametrize("rows", [1, 3])
+def test_linear_rows_is_the_same_on_any_number_of_threads(rows):
+    """Work is shared in chunks (the last one partial here) that threads take from each
+    other: every output is still computed once, and bit for bit the same way."""
+    torch.manual_seed(rows)
+    x, w = torch.randn(rows, 300), torch.randn(1001, 300)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3, 4):
+            torch.set_num_threads(threads)
+            results.append(torch.ops.llm_kernels.linear_rows(x, w))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(results[0], _reference(x, w), atol=1e-4, rtol=1e-4)
+    for got in results[1:]:
+        assert torch.equal(got, results[0])
+
+
+@needs_native
 def test_linear_rows_keeps_leading_dims_and_reads_strided_inputs():
     torch.manual_seed(0)
     w = torch.randn(96, 64)

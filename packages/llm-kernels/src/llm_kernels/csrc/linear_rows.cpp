@@ -2,9 +2,10 @@
 //
 // Decode multiplies one row per running stream by every weight matrix, so its speed is the
 // rate at which the weights stream from memory. This kernel reads each weight row once for
-// all input rows (up to 16), several weight rows at a time with software prefetch, and splits
-// the output rows between torch's intra-op threads. Weights are row-major ([out, in], unit
-// stride along in); x is [..., in] with at most 16 rows; y is [..., out].
+// all input rows (up to 16), several weight rows at a time with software prefetch, and shares
+// the output rows between torch's intra-op threads in chunks (see linear_rows below).
+// Weights are row-major ([out, in], unit stride along in); x is [..., in] with at most 16
+// rows; y is [..., out].
 //
 // llm_kernels.native compiles it at first use with -march=native; GCC's vector extensions
 // keep it portable (one AVX-512 register per vector here, two AVX2 halves elsewhere).
@@ -17,13 +18,17 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <atomic>
 #include <optional>
+#include <vector>
 
 namespace {
 
 constexpr int64_t kLanes = 16;
 constexpr int64_t kMaxRows = 16;        // input rows per call
 constexpr int64_t kPrefetchAhead = 2048;  // floats (8 KiB) ahead of the weights being read
+constexpr int64_t kChunk = 32768;         // floats (128 KiB) of weights: the unit of work sharing
+constexpr int64_t kSerial = 65536;        // floats (256 KiB): a smaller matrix stays on one thread
 
 typedef float vec16 __attribute__((vector_size(64)));
 typedef float vec16u __attribute__((vector_size(64), aligned(4)));  // for unaligned loads
@@ -96,6 +101,34 @@ void columns(const float* w, int64_t in, const float* x, int64_t m, float* y, in
   for (; o < end; ++o) block_rows<1>(w + o * in, in, x, m, y + o, out);
 }
 
+// Chunks [front, back) in one atomic word: the owner takes them from the front, other threads
+// from the back.
+struct alignas(64) Share {
+  std::atomic<uint64_t> range{0};
+
+  void init(int64_t front, int64_t back) {
+    range.store(uint64_t(front) | (uint64_t(back) << 32), std::memory_order_relaxed);
+  }
+  int64_t take_front() {
+    uint64_t r = range.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t f = r & 0xffffffffu, b = r >> 32;
+      if (f >= b) return -1;
+      if (range.compare_exchange_weak(r, (f + 1) | (b << 32), std::memory_order_relaxed))
+        return int64_t(f);
+    }
+  }
+  int64_t take_back() {
+    uint64_t r = range.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t f = r & 0xffffffffu, b = r >> 32;
+      if (f >= b) return -1;
+      if (range.compare_exchange_weak(r, f | ((b - 1) << 32), std::memory_order_relaxed))
+        return int64_t(b - 1);
+    }
+  }
+};
+
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "linear_rows: CPU tensors only");
@@ -124,12 +157,31 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
   const float* wp = weight.data_ptr<float>();
   const float* xp = xc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // Each thread takes a contiguous share of the output columns (weight rows); a matrix under
-  // 256 KiB stays on one thread.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / in);
-  at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
-    columns(wp, in, xp, m, yp, out, begin, end);
-  });
+  const int threads = at::get_num_threads();
+  if (threads == 1 || out * in < kSerial) {
+    columns(wp, in, xp, m, yp, out, 0, out);
+  } else {
+    // Chunks of whole 4-row blocks, about kChunk weights each. Each thread owns a contiguous
+    // share of them and works it front to back; a thread done with its own takes chunks from
+    // the back of a share still in progress, so a thread that the OS holds up (a busy host)
+    // does not keep the others waiting at the end.
+    const int64_t chunk = std::max<int64_t>(4, kChunk / in / 4 * 4);
+    const int64_t n = (out + chunk - 1) / chunk;
+    const int64_t T = std::min<int64_t>(threads, n);
+    std::vector<Share> shares(T);
+    for (int64_t t = 0; t < T; ++t) shares[t].init(n * t / T, n * (t + 1) / T);
+    const auto run = [&](int64_t c) {
+      columns(wp, in, xp, m, yp, out, c * chunk, std::min(out, (c + 1) * chunk));
+    };
+    at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        for (int64_t c; (c = shares[t].take_front()) >= 0;) run(c);
+      }
+      for (int64_t k = 1; k < T; ++k) {
+        for (int64_t c; (c = shares[(begin + k) % T].take_back()) >= 0;) run(c);
+      }
+    });
+  }
   if (bias.has_value() && bias->defined()) y.add_(*bias);
   return y;
 }
