@@ -11,13 +11,13 @@ Two ops, for the two things decode spends its time in (float32 on CPU):
   heads reading each key and value once. :func:`llm_kernels.attention` dispatches decode's
   attention to it.
 
-Figures in docs/benchmarks.md. :func:`available` compiles the sources with the C++ compiler on
-``PATH`` (``$CXX``, else ``g++``) against torch's own headers and libraries, for this CPU
-(``-march=native``), once per source, torch version and CPU: the library is kept under
-``$LLM_KERNELS_CACHE`` (default
-``~/.cache/llm-kernels``) and later processes load it in milliseconds. Without a compiler, on
-a platform other than Linux, or with ``LLM_KERNELS_NATIVE=0``, nothing is built and the
-dispatcher keeps torch's ops; :data:`error` then says why.
+Figures in docs/benchmarks.md. :func:`available` compiles both sources into one library with
+the C++ compiler on ``PATH`` (``$CXX``, else ``g++``) against torch's own headers and
+libraries, for this CPU (``-march=native``), once per version of the sources, torch and CPU:
+the library is kept under ``$LLM_KERNELS_CACHE`` (default ``~/.cache/llm-kernels``) and later
+processes load it in milliseconds. Without a compiler, on a platform other than Linux, or with
+``LLM_KERNELS_NATIVE=0``, nothing is built and the dispatcher keeps torch's ops; :data:`error`
+then says why.
 """
 
 from __future__ import annotations
@@ -143,8 +143,7 @@ def _register_fake() -> None:
 
 def available() -> bool:
     """Whether the native ops can run: builds them (the first time on this machine) and loads
-    them on the first call. Never raises: a failure is logged once and
-    kept in :data:`error`."""
+    them on the first call. Never raises: a failure is logged once and kept in :data:`error`."""
     global _loaded, error
     if _loaded is not None:
         return _loaded

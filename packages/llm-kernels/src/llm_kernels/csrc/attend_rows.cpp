@@ -1,10 +1,10 @@
 // llm_kernels::attend_rows(q, k, v, mask, scale) -> y: attention for a few queries per row.
 //
 // Decode asks, in every layer, for one query per stream against the keys and values held in
-// the cache. This kernel computes it for float32 on CPU in one pass over the cache: for each
-// (row, KV head, query) it scores every key for the group of query heads that share it (four
-// keys at a time), takes a softmax with a vectorised exp, and sums the value rows with each
-// head's output held in registers. (row, KV head, query) units are split between torch's
+// the cache. This kernel computes it for float32 on CPU reading each cached row once per
+// (row, KV head, query): it scores every key for the group of query heads that share it
+// (four keys at a time), takes a softmax with a vectorised exp, then sums the value rows with
+// each head's output held in registers. (row, KV head, query) units are split between torch's
 // intra-op threads.
 //
 // q: [B, H, T, D]; k, v: [B, H_kv, S, D] with H a multiple of H_kv (grouped-query attention),
