@@ -244,11 +244,16 @@ def fresh(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_disabled_by_environment_means_f_linear_without_a_warning(fresh, monkeypatch, caplog):
+def test_disabled_by_environment_means_torch_ops_without_a_warning(fresh, monkeypatch, caplog):
     monkeypatch.setenv("LLM_KERNELS_NATIVE", "0")
     w = torch.randn(4, 8)
+    q, k, v = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16)
+    q_pos, k_pos = torch.tensor([8]), torch.arange(9)
     with torch.inference_mode():
         assert _calls(lambda: linear(torch.ones(1, 8), w)) == 0
+        assert _calls(lambda: attention(q, k, v, q_pos, k_pos), "llm_kernels::attend_rows") == 0
+        want = _hf_attention(q, k, v, attention_mask(q_pos, k_pos), 16**-0.5)
+        torch.testing.assert_close(attention(q, k, v, q_pos, k_pos), want, atol=2e-5, rtol=2e-5)
     assert native.available() is False
     assert native.error == "disabled by LLM_KERNELS_NATIVE=0"
     assert decode_weight_layout(w) == "input-major"
