@@ -65,28 +65,28 @@ def _torch_dirs() -> tuple[list[Path], Path]:
     return [root / "include", root / "include" / "torch" / "csrc" / "api" / "include"], root / "lib"
 
 
-def compile_command(compiler: str, output: Path) -> list[str]:
-    """The command that builds the library at ``output``."""
+def compile_commands(compiler: str, workdir: Path, output: Path) -> list[list[str]]:
+    """The commands that build the library at ``output``: one per source (objects in
+    ``workdir``, run in parallel), then the link."""
     includes, libdir = _torch_dirs()
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return [
-        compiler,
+    flags = [
         "-O3",
         "-march=native",
         "-fopenmp",  # torch's parallel_for is OpenMP in its headers; the runtime is torch's
-        "-shared",
         "-fPIC",
         "-std=c++20",
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *[f"-I{d}" for d in includes],
-        *[str(source) for source in SOURCES],
-        "-o",
-        str(output),
-        f"-L{libdir}",
-        "-lc10",
-        "-ltorch_cpu",
-        f"-Wl,-rpath,{libdir}",
     ]
+    objects = [workdir / f"{source.stem}.o" for source in SOURCES]
+    steps = [
+        [compiler, *flags, "-c", str(source), "-o", str(obj)]
+        for source, obj in zip(SOURCES, objects, strict=True)
+    ]
+    link = [compiler, "-shared", "-fopenmp", *map(str, objects), "-o", str(output)]
+    link += [f"-L{libdir}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{libdir}"]
+    return [*steps, link]
 
 
 def _cpu_flags() -> str:
@@ -111,22 +111,27 @@ def library_path(compiler: str) -> Path:
 
 def build(compiler: str, output: Path) -> None:
     """Compile the library to ``output``, atomically (a failed or concurrent build leaves no
-    partial file there). Raises ``RuntimeError`` with the compiler's first error line."""
+    partial file there), the sources in parallel. Raises ``RuntimeError`` with the compiler's
+    first error line."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", prefix=".build-", dir=output.parent)
-    os.close(fd)
-    try:
-        result = subprocess.run(
-            compile_command(compiler, Path(tmp)), capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            lines = [line for line in result.stderr.splitlines() if "error" in line]
-            first = (lines or [f"exit {result.returncode}"])[0]
-            raise RuntimeError(f"{compiler} failed on the native kernels' sources: {first}")
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=output.parent) as work:
+        library = Path(work) / output.name
+        *sources, link = compile_commands(compiler, Path(work), library)
+        running = [
+            subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for cmd in sources
+        ]
+        for stderr, code in [(proc.communicate()[1], proc.returncode) for proc in running]:
+            _check(compiler, stderr, code)
+        linked = subprocess.run(link, capture_output=True, text=True, check=False)
+        _check(compiler, linked.stderr, linked.returncode)
+        os.replace(library, output)
+
+
+def _check(compiler: str, stderr: str, code: int) -> None:
+    if code != 0:
+        first = next((line for line in stderr.splitlines() if "error" in line), f"exit {code}")
+        raise RuntimeError(f"{compiler} failed on the native kernels' sources: {first}")
 
 
 def _register_fake() -> None:
