@@ -74,3 +74,20 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys, llama_dir):
     assert "top_p must be in (0, 1]" in capsys.readouterr().err
     assert main(["bench", "--model", str(llama_dir), "--concurrency", "a"]) == 1
     assert "--concurrency" in capsys.readouterr().err
+
+
+def test_kernel_build_notice_reaches_stderr_once(capsys):
+    """The first load on a machine waits while llm-kernels compiles: the CLI says so."""
+    import logging
+
+    from llm_infer.cli import show_kernel_notices
+
+    logger = logging.getLogger("llm_kernels")
+    handlers, level = list(logger.handlers), logger.level
+    try:
+        show_kernel_notices()
+        show_kernel_notices()  # main() may run more than once in a process
+        logging.getLogger("llm_kernels.native").info("llm_kernels: compiling (test)")
+        assert capsys.readouterr().err == "llm_kernels: compiling (test)\n"
+    finally:
+        logger.handlers[:], logger.level = handlers, level

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -167,8 +168,22 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def show_kernel_notices() -> None:
+    """Print llm-kernels' one-line notices on stderr: a model's first load on a machine waits
+    about 20 s while the native kernels compile, and should say so."""
+    kernels = logging.getLogger("llm_kernels")
+    if any(h.get_name() == "llm-infer" for h in kernels.handlers):
+        return
+    notice = logging.StreamHandler(sys.stderr)
+    notice.set_name("llm-infer")
+    notice.setFormatter(logging.Formatter("%(message)s"))
+    kernels.setLevel(logging.INFO)
+    kernels.addHandler(notice)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_kernel_notices()
     console = Console(stderr=args.command == "generate")
     try:
         return {"generate": cmd_generate, "bench": cmd_bench}[args.command](args, console)

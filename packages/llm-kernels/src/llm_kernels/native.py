@@ -160,7 +160,7 @@ def available() -> bool:
             _loaded = True
         except Exception as exc:  # any failure means: use torch's ops
             error = str(exc)
-            level = logging.INFO if isinstance(exc, _Disabled) else logging.WARNING
+            level = logging.DEBUG if isinstance(exc, _Disabled) else logging.WARNING
             log.log(
                 level, "llm_kernels: native CPU kernels unavailable (%s); using torch's ops", exc
             )
@@ -178,7 +178,7 @@ def _load() -> None:
         raise RuntimeError(f"no C++ compiler: {compiler!r} is not on PATH")
     path = library_path(compiler)
     if not path.exists():
-        log.info("llm_kernels: compiling the native kernels into %s", path)
+        log.info("llm_kernels: compiling native CPU kernels for this machine (once, about 20 s)")
         build(compiler, path)
     torch.ops.load_library(str(path))
     _register_fake()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,19 @@ from llm_repl.conversation import Conversation, ConversationError
 def default_history() -> Path:
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "llm-repl" / "history"
+
+
+def show_kernel_notices() -> None:
+    """Print llm-kernels' one-line notices on stderr: the local model's first load on a machine
+    waits about 20 s while its native kernels compile, and should say so."""
+    kernels = logging.getLogger("llm_kernels")
+    if any(h.get_name() == "llm-repl" for h in kernels.handlers):
+        return
+    notice = logging.StreamHandler(sys.stderr)
+    notice.set_name("llm-repl")
+    notice.setFormatter(logging.Formatter("%(message)s"))
+    kernels.setLevel(logging.INFO)
+    kernels.addHandler(notice)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             if not question:
                 print("llm-repl: error: no question on standard input", file=sys.stderr)
                 return 1
+        show_kernel_notices()
         backend = make_backend(args)
         if once:
             return asyncio.run(answer_once(backend, conversation, question))
