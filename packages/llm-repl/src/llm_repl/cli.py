@@ -20,15 +20,21 @@ def default_history() -> Path:
     return Path(state) / "llm-repl" / "history"
 
 
+class _Notice(logging.Handler):
+    """Writes a record's message to the current ``sys.stderr``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), file=sys.stderr)
+
+
 def show_kernel_notices() -> None:
     """Print llm-kernels' one-line notices on stderr: the local model's first load on a machine
     waits about 20 s while its native kernels compile, and should say so."""
     kernels = logging.getLogger("llm_kernels")
-    if any(h.get_name() == "llm-repl" for h in kernels.handlers):
+    if any(h.get_name() == "llm-kernels-notice" for h in kernels.handlers):
         return
-    notice = logging.StreamHandler(sys.stderr)
-    notice.set_name("llm-repl")
-    notice.setFormatter(logging.Formatter("%(message)s"))
+    notice = _Notice()
+    notice.set_name("llm-kernels-notice")
     kernels.setLevel(logging.INFO)
     kernels.addHandler(notice)
 
