@@ -80,7 +80,7 @@ def test_kernel_build_notice_reaches_stderr_once(capsys):
     """The first load on a machine waits while llm-kernels compiles: the CLI says so."""
     import logging
 
-    from llm_infer.cli import show_kernel_notices
+    from llm_infer import show_kernel_notices
 
     logger = logging.getLogger("llm_kernels")
     handlers, level = list(logger.handlers), logger.level

@@ -169,20 +169,3 @@ def test_conversation_file_round_trip_and_errors(tmp_path):
             assert message in str(exc)
         else:
             raise AssertionError("expected an error")
-
-
-def test_kernel_build_notice_reaches_stderr_once(capsys):
-    """`make chat`'s first run on a machine waits while llm-kernels compiles: it says so."""
-    import logging
-
-    from llm_repl.cli import show_kernel_notices
-
-    logger = logging.getLogger("llm_kernels")
-    handlers, level = list(logger.handlers), logger.level
-    try:
-        show_kernel_notices()
-        show_kernel_notices()
-        logging.getLogger("llm_kernels.native").info("llm_kernels: compiling (test)")
-        assert capsys.readouterr().err == "llm_kernels: compiling (test)\n"
-    finally:
-        logger.handlers[:], logger.level = handlers, level

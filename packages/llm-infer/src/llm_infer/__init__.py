@@ -13,7 +13,7 @@ from llm_infer.errors import (
 )
 from llm_infer.generation import Completion, TokenLogprob, Usage
 from llm_infer.llm import LLM
-from llm_infer.load import load
+from llm_infer.load import load, show_kernel_notices
 from llm_infer.sampling import SamplingParams
 
 __version__ = _version("llm-infer")
@@ -35,4 +35,5 @@ __all__ = [
     "Usage",
     "__version__",
     "load",
+    "show_kernel_notices",
 ]

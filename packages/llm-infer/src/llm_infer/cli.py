@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -13,7 +12,7 @@ from llm_tokenizer import TokenizerError
 from rich.console import Console
 from rich.table import Table
 
-from llm_infer import __version__
+from llm_infer import __version__, show_kernel_notices
 from llm_infer.errors import InferError
 
 
@@ -168,28 +167,9 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-class _Notice(logging.Handler):
-    """Writes a record's message to the current ``sys.stderr``."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        print(record.getMessage(), file=sys.stderr)
-
-
-def show_kernel_notices() -> None:
-    """Print llm-kernels' one-line notices on stderr: a model's first load on a machine waits
-    about 20 s while the native kernels compile, and should say so."""
-    kernels = logging.getLogger("llm_kernels")
-    if any(h.get_name() == "llm-kernels-notice" for h in kernels.handlers):
-        return
-    notice = _Notice()
-    notice.set_name("llm-kernels-notice")
-    kernels.setLevel(logging.INFO)
-    kernels.addHandler(notice)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    show_kernel_notices()
+    show_kernel_notices()  # a first load on this machine compiles the native kernels
     console = Console(stderr=args.command == "generate")
     try:
         return {"generate": cmd_generate, "bench": cmd_bench}[args.command](args, console)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -79,3 +81,23 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype not in DTYPE_NAMES:
         raise LoadError(f"unknown dtype {dtype!r} (use {', '.join(DTYPE_NAMES)})")
     return DTYPE_NAMES[dtype]
+
+
+class _Notice(logging.Handler):
+    """Writes a record's message to the current ``sys.stderr``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), file=sys.stderr)
+
+
+def show_kernel_notices() -> None:
+    """Print llm-kernels' one-line notices on stderr, for command-line front ends: a model's
+    first load on a machine waits about 20 s while the native kernels compile, and should say
+    so. Calling it again adds nothing."""
+    kernels = logging.getLogger("llm_kernels")
+    if any(h.get_name() == "llm-kernels-notice" for h in kernels.handlers):
+        return
+    notice = _Notice()
+    notice.set_name("llm-kernels-notice")
+    kernels.setLevel(logging.INFO)
+    kernels.addHandler(notice)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
@@ -18,25 +17,6 @@ from llm_repl.conversation import Conversation, ConversationError
 def default_history() -> Path:
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "llm-repl" / "history"
-
-
-class _Notice(logging.Handler):
-    """Writes a record's message to the current ``sys.stderr``."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        print(record.getMessage(), file=sys.stderr)
-
-
-def show_kernel_notices() -> None:
-    """Print llm-kernels' one-line notices on stderr: the local model's first load on a machine
-    waits about 20 s while its native kernels compile, and should say so."""
-    kernels = logging.getLogger("llm_kernels")
-    if any(h.get_name() == "llm-kernels-notice" for h in kernels.handlers):
-        return
-    notice = _Notice()
-    notice.set_name("llm-kernels-notice")
-    kernels.setLevel(logging.INFO)
-    kernels.addHandler(notice)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +57,12 @@ def make_backend(args: argparse.Namespace):
     if args.server:
         key = args.api_key or os.environ.get("LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
         return RemoteBackend(args.server, api_key=key, model=args.server_model)
+    try:
+        import llm_infer
+    except ImportError:
+        pass  # LocalBackend names the missing extra
+    else:
+        llm_infer.show_kernel_notices()  # a first load on this machine compiles kernels (~20 s)
     return LocalBackend(args.model or "demo")
 
 
@@ -94,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
             if not question:
                 print("llm-repl: error: no question on standard input", file=sys.stderr)
                 return 1
-        show_kernel_notices()
         backend = make_backend(args)
         if once:
             return asyncio.run(answer_once(backend, conversation, question))
