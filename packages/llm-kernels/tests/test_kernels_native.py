@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from llm_kernels import attention, attention_mask, decode_weight_layout, linear, native
-from transformers.models.llama import modeling_llama as hf
 
 needs_native = pytest.mark.skipif(
     not native.available(), reason=f"native kernels unavailable: {native.error}"
@@ -116,18 +115,6 @@ def test_linear_inside_torch_compile_runs_the_kernel_in_one_graph():
         assert _calls(lambda: compiled(x)) == 2
 
 
-def _hf_attention(q, k, v, mask, scale):
-    """HF transformers' eager attention in float64 with the additive form of ``mask``; rows
-    that see no key are zeros (our rule; HF's softmax would spread them evenly)."""
-    module = torch.nn.Module()
-    module.num_key_value_groups = q.shape[1] // k.shape[1]
-    module.training = False
-    q, k, v = q.double(), k.double(), v.double()
-    additive = torch.zeros(mask.shape, dtype=torch.float64).masked_fill(~mask, float("-inf"))
-    out, _ = hf.eager_attention_forward(module, q, k, v, additive, scaling=scale)
-    return out.transpose(1, 2).nan_to_num(0.0).float()  # HF returns (B, T, H, D)
-
-
 ATTEND_CASES = {
     # name: (B, H, H_kv, T, S, D, window, sinks, scale)
     "decode, llama-125m heads": (1, 12, 4, 1, 160, 64, None, 0, None),
@@ -144,7 +131,7 @@ ATTEND_CASES = {
 
 @needs_native
 @pytest.mark.parametrize("case", list(ATTEND_CASES))
-def test_attend_rows_matches_hf_eager_attention(case):
+def test_attend_rows_matches_hf_eager_attention(case, hf_attention):
     B, H, H_kv, T, S, D, window, sinks, scale = ATTEND_CASES[case]
     torch.manual_seed(len(case))
     q = torch.randn(B, H, T, D)
@@ -157,24 +144,24 @@ def test_attend_rows_matches_hf_eager_attention(case):
     mask = attention_mask(q_pos, k_pos, window=window, sink_tokens=sinks)  # (B, 1, T, S)
     scale = D**-0.5 if scale is None else scale
     got = torch.ops.llm_kernels.attend_rows(q, k, v, mask, scale)
-    want = _hf_attention(q, k, v, mask, scale)
+    want = hf_attention(q, k, v, mask, scale)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
     shared = mask[:1]  # one mask for every row: broadcast over the batch
     torch.testing.assert_close(
         torch.ops.llm_kernels.attend_rows(q, k, v, shared, scale),
-        _hf_attention(q, k, v, shared.expand(B, 1, T, S), scale),
+        hf_attention(q, k, v, shared.expand(B, 1, T, S), scale),
         atol=2e-5,
         rtol=2e-5,
     )
 
 
 @needs_native
-def test_attend_rows_gives_zeros_to_a_query_that_sees_no_key():
+def test_attend_rows_gives_zeros_to_a_query_that_sees_no_key(hf_attention):
     q, k, v = torch.randn(1, 2, 2, 16), torch.randn(1, 1, 5, 16), torch.randn(1, 1, 5, 16)
     mask = attention_mask(torch.tensor([[0, 3]]), torch.tensor([[-1, -1, 1, 2, 3]]))
     got = torch.ops.llm_kernels.attend_rows(q, k, v, mask, 0.25)
     assert torch.all(got[:, :, 0] == 0)
-    torch.testing.assert_close(got[:, :, 1], _hf_attention(q, k, v, mask, 0.25)[:, :, 1])
+    torch.testing.assert_close(got[:, :, 1], hf_attention(q, k, v, mask, 0.25)[:, :, 1])
     empty = torch.ops.llm_kernels.attend_rows(
         q, k[:, :, :0], v[:, :, :0], mask[..., :0], 0.25
     )  # no keys at all
@@ -224,12 +211,12 @@ def test_attention_dispatches_decode_to_the_kernel():
 
 
 @needs_native
-def test_attention_inside_torch_compile_runs_the_kernel_in_one_graph():
+def test_attention_inside_torch_compile_runs_the_kernel_in_one_graph(hf_attention):
     torch.manual_seed(1)
     q, k, v = torch.randn(1, 6, 1, 32), torch.randn(1, 2, 20, 32), torch.randn(1, 2, 20, 32)
     q_pos, k_pos = torch.tensor([[19]]), torch.arange(20).unsqueeze(0)
     compiled = torch.compile(lambda *a: attention(*a, window=8), fullgraph=True)
-    want = _hf_attention(q, k, v, attention_mask(q_pos, k_pos, window=8), 32**-0.5)
+    want = hf_attention(q, k, v, attention_mask(q_pos, k_pos, window=8), 32**-0.5)
     with torch.inference_mode():
         torch.testing.assert_close(compiled(q, k, v, q_pos, k_pos), want, atol=2e-5, rtol=2e-5)
         assert _calls(lambda: compiled(q, k, v, q_pos, k_pos), "llm_kernels::attend_rows") == 1
@@ -244,7 +231,9 @@ def fresh(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_disabled_by_environment_means_torch_ops_without_a_warning(fresh, monkeypatch, caplog):
+def test_disabled_by_environment_means_torch_ops_without_a_warning(
+    fresh, monkeypatch, caplog, hf_attention
+):
     monkeypatch.setenv("LLM_KERNELS_NATIVE", "0")
     w = torch.randn(4, 8)
     q, k, v = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16)
@@ -252,7 +241,7 @@ def test_disabled_by_environment_means_torch_ops_without_a_warning(fresh, monkey
     with torch.inference_mode():
         assert _calls(lambda: linear(torch.ones(1, 8), w)) == 0
         assert _calls(lambda: attention(q, k, v, q_pos, k_pos), "llm_kernels::attend_rows") == 0
-        want = _hf_attention(q, k, v, attention_mask(q_pos, k_pos), 16**-0.5)
+        want = hf_attention(q, k, v, attention_mask(q_pos, k_pos), 16**-0.5)
         torch.testing.assert_close(attention(q, k, v, q_pos, k_pos), want, atol=2e-5, rtol=2e-5)
     assert native.available() is False
     assert native.error == "disabled by LLM_KERNELS_NATIVE=0"

@@ -19,30 +19,20 @@ def _worst(a: torch.Tensor, b: torch.Tensor) -> str:
     return f"max abs diff {diff.max().item():.3e} at flat index {idx}"
 
 
-def _hf_eager(q, k, v, mask):
-    """HF's eager attention with an additive mask built from our boolean one."""
-    module = torch.nn.Module()
-    module.num_key_value_groups = q.shape[1] // k.shape[1]
-    module.training = False
-    additive = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, torch.finfo(q.dtype).min)
-    out, _ = hf.eager_attention_forward(module, q, k, v, additive, scaling=q.shape[-1] ** -0.5)
-    return out.transpose(1, 2)  # HF returns (B, T, H, D)
-
-
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2), (4, 1)])
 @pytest.mark.parametrize("impl", [attention, reference.attention])
-def test_attention_matches_hf_eager_causal_gqa(heads, kv_heads, impl):
+def test_attention_matches_hf_eager_causal_gqa(heads, kv_heads, impl, hf_attention):
     torch.manual_seed(0)
     B, T, D = 2, 13, 16
     q = torch.randn(B, heads, T, D)
     k, v = torch.randn(B, kv_heads, T, D), torch.randn(B, kv_heads, T, D)
     pos = torch.arange(T)
     ours = impl(q, k, v, pos, pos)
-    theirs = _hf_eager(q, k, v, attention_mask(pos, pos))
+    theirs = hf_attention(q, k, v, attention_mask(pos, pos))
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5, msg=_worst(ours, theirs))
 
 
-def test_attention_window_and_sinks_match_hf_eager_with_the_same_mask():
+def test_attention_window_and_sinks_match_hf_eager_with_the_same_mask(hf_attention):
     torch.manual_seed(1)
     B, H, T, D = 1, 2, 40, 8
     q, k, v = torch.randn(B, H, T, D), torch.randn(B, H, T, D), torch.randn(B, H, T, D)
@@ -50,7 +40,7 @@ def test_attention_window_and_sinks_match_hf_eager_with_the_same_mask():
     for window, sinks in [(5, 0), (5, 3), (1, 1), (64, 2)]:
         mask = attention_mask(pos, pos, window=window, sink_tokens=sinks)
         ours = attention(q, k, v, pos, pos, window=window, sink_tokens=sinks)
-        torch.testing.assert_close(ours, _hf_eager(q, k, v, mask), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours, hf_attention(q, k, v, mask), atol=1e-5, rtol=1e-5)
         assert mask[0, 0].sum(-1).tolist() == [
             sum(1 for j in range(T) if j <= i and (i - j < window or j < sinks)) for i in range(T)
         ]
@@ -130,7 +120,7 @@ def test_attention_with_a_precomputed_mask_equals_the_reference():
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2), (4, 1)])
-def test_single_query_attention_matches_hf_eager(heads, kv_heads):
+def test_single_query_attention_matches_hf_eager(heads, kv_heads, hf_attention):
     torch.manual_seed(8)
     q = torch.randn(2, heads, 1, 16)
     k, v = torch.randn(2, kv_heads, 11, 16), torch.randn(2, kv_heads, 11, 16)
@@ -138,7 +128,7 @@ def test_single_query_attention_matches_hf_eager(heads, kv_heads):
     k_pos = torch.tensor([[*range(10), -1], [0, 1, 2, 3, 4, 5, -1, -1, -1, -1, -1]])
     mask = attention_mask(q_pos, k_pos, window=4, sink_tokens=1)
     ours = reference.single_query_attention(q, k, v, mask)
-    theirs = _hf_eager(q, k, v, mask)
+    theirs = hf_attention(q, k, v, mask)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5, msg=_worst(ours, theirs))
     nothing = attention_mask(torch.tensor([[0], [0]]), torch.full((2, 11), -1))
     assert torch.all(reference.single_query_attention(q, k, v, nothing) == 0)
