@@ -80,7 +80,9 @@ LLAMA_CPP_PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     "deepseek-llm": [
         r"[\r\n]",
         r"\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+",
-        r"\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+        # llama.cpp turns non-ASCII whitespace into \v before matching, so the class's U+3000
+        # (ideographic space) never matches there: it is left out here.
+        r"\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3001-\u3002]+",
         r"\s+\Z",  # std::regex's `$` (end of the piece; Python's `$` also matches before a final \n)
         r"[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
         r"\p{N}+",
@@ -210,6 +212,33 @@ LLAMA_CPP_IGNORE_MERGES = frozenset(
     ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
      "jina-v5-nano", "minicpm5", "youtu", "glm4", "glm5", "tekken", "granite-embed-multi-97m"]
 )  # fmt: skip
+# Pre-tokenizers for which llama.cpp adds BOS when `tokenizer.ggml.add_bos_token` is absent.
+LLAMA_CPP_ADD_BOS = frozenset(
+    ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+     "jina-v5-nano", "tekken", "chameleon"]
+)  # fmt: skip
+# Tokens that llama.cpp makes control tokens by their text, whatever their type says (its
+# workaround for converted models that typed them NORMAL; HF has them as special added tokens).
+LLAMA_CPP_CONTROL_BY_TEXT = frozenset(
+    ["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+     "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<｜end▁of▁sentence｜>", "<end_of_utterance>",
+     "<|eom_id|>", "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>",
+     "▁<PRE>", "<|code_prefix|>", "<|prefix|>", "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>",
+     "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>", "<|fim_middle|>",
+     "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>",
+     "<|middle|>", "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", "<|fim_repo|>",
+     "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>", "<|return|>",
+     "<|call|>", "<|flush|>", "<|calls|>", "</s>", "<eos>", "<turn|>", "<|tool_response>",
+     "[e~["]
+)  # fmt: skip
+# Tokenizer models llama.cpp knows that are not BPE, named by the algorithm they use.
+OTHER_MODELS = {
+    "bert": "WordPiece",
+    "t5": "Unigram",
+    "rwkv": "RWKV greedy",
+    "plamo2": "PLaMo-2 Unigram-like",
+    "gemma4": "gemma4: BPE over SentencePiece-style raw UTF-8 with newline splits",
+}
 # Known to llama.cpp but split by hand-written code (or not byte-level), which we do not carry.
 LLAMA_CPP_UNSUPPORTED = frozenset(
     ["kimi-k2", "afmoe", "superbpe", "gemma4", "granite-embed-multi-311m", "sarvam-moe",
@@ -239,10 +268,12 @@ def _tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
     token_types: Sequence[int] = metadata.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
     if len(token_types) != len(tokens):
         raise TokenizerError("tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length")
+    # llama.cpp matches control, user-defined and unknown tokens in text (`special=True`).
     special = {
         t: i
         for i, (t, kind) in enumerate(zip(tokens, token_types, strict=True))
-        if kind in (CONTROL, USER_DEFINED)
+        if kind in (CONTROL, USER_DEFINED, UNKNOWN)
+        or (t in LLAMA_CPP_CONTROL_BY_TEXT and kind != UNUSED)
     }
 
     def name_of(key: str) -> str | None:
@@ -261,7 +292,12 @@ def _tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
             t for t, kind in zip(tokens, token_types, strict=True) if kind == USER_DEFINED
         ],
         "bos_token": name_of("bos"),
-        "add_bos_token": bool(metadata.get("tokenizer.ggml.add_bos_token", model == "llama")),
+        "add_bos_token": bool(
+            metadata.get(
+                "tokenizer.ggml.add_bos_token",
+                model == "llama" or metadata.get("tokenizer.ggml.pre") in LLAMA_CPP_ADD_BOS,
+            )
+        ),
         "eos_token": name_of("eos"),
         "extra_eos_tokens": [n for n in (name_of("eot"), name_of("eom")) if n is not None],
         "pad_token": name_of("padding"),
@@ -311,7 +347,11 @@ def _tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
             unk_token=unk_token,
             **common,
         )
-    raise TokenizerError(f"unsupported tokenizer.ggml.model {model!r}; expected 'gpt2' or 'llama'")
+    kind = f" ({OTHER_MODELS[model]})" if model in OTHER_MODELS else ""
+    raise TokenizerError(
+        f"unsupported tokenizer.ggml.model {model!r}{kind}; llm-tokenizer reads 'gpt2' "
+        "(byte-level BPE) and 'llama' (SentencePiece BPE with byte fallback)"
+    )
 
 
 def _required(metadata: Mapping[str, Any], key: str) -> Any:

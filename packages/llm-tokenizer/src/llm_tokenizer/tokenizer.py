@@ -196,7 +196,7 @@ class Tokenizer:
                 raise TokenizerError(
                     f"merge ({left}, {right}) refers to an id outside the vocabulary"
                 )
-            merged = self.token_to_id.get(self.tokens[left] + self.tokens[right])
+            merged = self.token_id(self.tokens[left] + self.tokens[right])  # may be special
             if merged is None:
                 raise TokenizerError(
                     f"merge {self.tokens[left]!r} + {self.tokens[right]!r} makes a token missing from the vocabulary"
