@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 import unicodedata
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import regex
 
 from llm_tokenizer.bpe import Merges, merge_word
-from llm_tokenizer.chat import DEFAULT_CHAT_TEMPLATE, render_chat_template
+from llm_tokenizer.chat import DEFAULT_CHAT_TEMPLATE, render_chat_template_with_spans
 from llm_tokenizer.errors import DisallowedSpecialTokenError, TokenizerError, TokenizerWarning
 from llm_tokenizer.patterns import bytes_to_unicode, unicode_to_bytes
 from llm_tokenizer.pretokenizers import (
@@ -622,7 +623,21 @@ class Tokenizer:
         `eos_token` and any extra keyword arguments. Raises TokenizerError when the template
         fails to render or calls `raise_exception`.
         """
-        return render_chat_template(
+        return self.render_chat(messages, add_generation_prompt=add_generation_prompt, **kwargs)[0]
+
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        **kwargs: Any,
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """`apply_chat_template`'s text and the [start, end) character spans that the
+        template's `{% generation %}` blocks wrote (the assistant's part, as HF marks it).
+
+        Raises TokenizerError as `apply_chat_template` does.
+        """
+        return render_chat_template_with_spans(
             self.chat_template or DEFAULT_CHAT_TEMPLATE,
             messages,
             add_generation_prompt=add_generation_prompt,
@@ -630,6 +645,43 @@ class Tokenizer:
             eos_token=self.eos_token or "",
             **kwargs,
         )
+
+    def encode_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        **kwargs: Any,
+    ) -> tuple[list[int], list[int]]:
+        """Token ids of the rendered chat and its assistant mask: 1 for each token that overlaps a
+        `{% generation %}` span, else 0, as HF's `apply_chat_template(tokenize=True,
+        return_assistant_tokens_mask=True)` gives them (for loss masks in training).
+
+        Raises TokenizerError as `apply_chat_template` does, and when the tokens do not spell
+        the text byte for byte (normalization, SentencePiece spaces, dropped bytes), so that
+        character spans cannot be mapped to tokens.
+        """
+        text, spans = self.render_chat(
+            messages, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+        ids = self.encode(text)
+        mask = [0] * len(ids)
+        if not spans:
+            return ids, mask
+        data = text.encode()
+        if self.token_bytes_of(ids) != data:
+            raise TokenizerError(
+                "assistant masks need tokens that spell the rendered text byte for byte; "
+                "this tokenizer normalizes or rewrites it"
+            )
+        starts = list(itertools.accumulate((len(self.token_bytes[i]) for i in ids), initial=0))
+        for start, end in spans:
+            if end <= start:
+                continue
+            first = bisect.bisect_right(starts, len(text[:start].encode())) - 1
+            last = bisect.bisect_right(starts, len(text[: end - 1].encode())) - 1
+            mask[first : last + 1] = [1] * (last + 1 - first)
+        return ids, mask
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, special_tokens={len(self.special_tokens)})"
