@@ -172,6 +172,9 @@ def render_chat_template_with_spans(
             chunks.append(chunk)
     except jinja2.exceptions.TemplateError as e:
         raise TokenizerError(f"chat template failed: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ArithmeticError) as e:
+        # A template's own bug, or messages of a shape it does not expect.
+        raise TokenizerError(f"chat template failed: {type(e).__name__}: {e}") from None
     finally:
         _TRACKING.chunks = _TRACKING.spans = None
     return "".join(chunks), spans
