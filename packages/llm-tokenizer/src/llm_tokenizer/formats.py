@@ -211,6 +211,11 @@ def _pre_tokenizer_options(pre: dict[str, Any] | None) -> dict[str, Any]:
         )
     byte_level = steps[-1]
     splits = [_hf_split(step) for step in steps[:-1]]
+    if splits and byte_level.get("add_prefix_space", False):
+        raise TokenizerError(
+            "unsupported HF pre_tokenizer: ByteLevel with add_prefix_space after other steps "
+            "(HF then prefixes every piece with a space)"
+        )
     if byte_level.get("use_regex", True):
         splits.append(Split(GPT2_PATTERN))
     return {

@@ -87,7 +87,7 @@ def _cut(spans: list[tuple[int, int, bool]], behavior: str) -> list[tuple[int, i
     if behavior == "contiguous":
         previous: bool | None = None
         for a, b, is_match in spans:
-            if out and is_match and previous:
+            if out and is_match == previous:
                 out[-1][1] = b
             else:
                 out.append([a, b])
