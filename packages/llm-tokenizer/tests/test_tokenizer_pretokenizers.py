@@ -194,3 +194,29 @@ def test_unknown_pre_tokenizer_and_model_types_name_the_supported_list():
                 }
             )
         )
+
+
+def test_split_sequences_save_and_load(hf_split_pattern, corpus, tmp_path):
+    """Our JSON keeps the steps; the HF file we write encodes in HF tokenizers as we do."""
+    hf = with_pre_tokenizer(
+        hf_split_pattern,
+        pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.Punctuation(behavior="merged_with_next"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False),
+            ]
+        ),
+        normalizers.NFKC(),
+    )
+    ours = Tokenizer.from_hf_json(hf.to_str())
+    assert isinstance(ours.pattern, tuple) and len(ours.pattern) == 3
+    ours.save(tmp_path / "ours.json")
+    again = Tokenizer.from_file(tmp_path / "ours.json")
+    assert again.pattern == ours.pattern and again.normalization == "NFKC"
+    ours.save(tmp_path / "tokenizer.json", format="hf")
+    written = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    text = corpus["held_out"][:50_000]
+    expected = hf.encode(text, add_special_tokens=False).ids
+    assert again.encode(text) == expected
+    assert written.encode(text, add_special_tokens=False).ids == expected

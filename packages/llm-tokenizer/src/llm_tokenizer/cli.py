@@ -58,8 +58,16 @@ def _info(args: argparse.Namespace) -> None:
         pattern = "- (SentencePiece: spaces become ▁)"
     elif tokenizer.pattern is None:
         pattern = "none"
-    else:
+    elif isinstance(tokenizer.pattern, str):
         pattern = pattern_name(tokenizer.pattern) or tokenizer.pattern
+    else:  # a sequence of Split steps
+        pattern = " then ".join(
+            f"{pattern_name(step.pattern) or step.pattern} ({step.behavior}"
+            + (", inverted)" if step.invert else ")")
+            for step in tokenizer.pattern
+        )
+    if tokenizer.missing_bytes:
+        pattern += f"; no token for bytes {tokenizer.missing_bytes.hex(' ')}"
     specials = list(tokenizer.special_tokens)
     rows = {
         "kind": tokenizer.kind,
