@@ -5,7 +5,10 @@
 Corpus: the Python standard library's sources (tests left out), one document per file,
 repeated until it reaches --min-mb. Both trainers get the same corpus, vocabulary size and
 GPT-2 pattern; encoding uses one vocabulary (HF's) loaded into all three libraries, and the
-ids are checked to agree. Prints a table and appends one JSON line to .bench/tokenizer.jsonl.
+ids are checked to agree. Then the same vocabulary behind llama.cpp's named pre-tokenizers
+(--pre: as a GGUF `tokenizer.ggml.pre` for us, as a Sequence of isolated Splits for HF) encodes
+the same corpus in both, ids checked to agree. Prints a table and appends one JSON line to
+.bench/tokenizer.jsonl.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import sysconfig
 import time
 from pathlib import Path
 
+import regex
 import tiktoken
 from llm_tokenizer import Tokenizer
+from llm_tokenizer.gguf import CONTROL, LLAMA_CPP_IGNORE_MERGES, LLAMA_CPP_PRE_TOKENIZERS, NORMAL
 from llm_tokenizer.patterns import GPT2_PATTERN
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -84,11 +89,59 @@ def to_tiktoken(tokenizer: Tokenizer) -> tiktoken.Encoding:
     )
 
 
+def oniguruma(pattern: str) -> str:
+    r"""A regex in HF's engine's spelling: `\Z` is `\z`, code points `\x{...}`."""
+    pattern = pattern.replace(r"\Z", r"\z")
+    code_point = r"\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})"
+    return regex.sub(code_point, lambda m: "\\x{" + (m[1] or m[2]) + "}", pattern)
+
+
+def named_pre_tokenizer_pair(hf: HFTokenizer, pre: str) -> tuple[Tokenizer, HFTokenizer]:
+    """`hf`'s vocabulary behind llama.cpp's pre-tokenizer `pre`: ours from GGUF-style metadata,
+    HF's with the same regexes as a Sequence of isolated Splits before ByteLevel."""
+    data = json.loads(hf.to_str())
+    steps = [
+        {
+            "type": "Split",
+            "pattern": {"Regex": oniguruma(r)},
+            "behavior": "Isolated",
+            "invert": False,
+        }
+        for r in LLAMA_CPP_PRE_TOKENIZERS[pre]
+    ]
+    byte_level = {
+        "type": "ByteLevel",
+        "add_prefix_space": False,
+        "trim_offsets": True,
+        "use_regex": False,
+    }
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [*steps, byte_level]}
+    data["model"]["ignore_merges"] = pre in LLAMA_CPP_IGNORE_MERGES
+    theirs = HFTokenizer.from_str(json.dumps(data))
+    vocab = theirs.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    ours = Tokenizer.from_gguf(
+        {
+            "tokenizer.ggml.model": "gpt2",
+            "tokenizer.ggml.pre": pre,
+            "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": [CONTROL if t in SPECIAL else NORMAL for t in tokens],
+            "tokenizer.ggml.merges": [" ".join(m) for m in data["model"]["merges"]],
+        }
+    )
+    return ours, theirs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--min-mb", type=float, default=10.0, help="corpus size in MB (UTF-8)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per figure")
+    parser.add_argument(
+        "--pre",
+        default="smollm,llama-bpe,qwen35,deepseek-coder,deepseek-llm,falcon",
+        help="llama.cpp pre-tokenizers to time on the same corpus (comma-separated; '' for none)",
+    )
     args = parser.parse_args()
 
     documents = stdlib_documents(int(args.min_mb * 1e6))
@@ -130,6 +183,19 @@ def main() -> None:
     )
     tiktoken_agree = sum(a == b for a, b in zip(tiktoken_ids, hf_ids, strict=True)) / len(documents)
 
+    # Named pre-tokenizers: the same vocabulary and corpus, one row pair each.
+    pre_rows = []
+    for pre in filter(None, args.pre.split(",")):
+        ours_pre, hf_pre = named_pre_tokenizer_pair(hf, pre)
+        hf_pre_ids, hf_pre_s = timed(lambda h=hf_pre: [e.ids for e in map(h.encode, documents)], n)
+        ours_pre_ids, ours_pre_s = timed(
+            lambda o=ours_pre: [o.encode(d) for d in documents],
+            n,
+            before=lambda o=ours_pre: setattr(o, "cache_size", o.cache_size),
+        )
+        assert ours_pre_ids == hf_pre_ids, f"llm-tokenizer and HF tokenizers disagree under {pre}"
+        pre_rows.append((pre, hf_pre_s, ours_pre_s))
+
     rows = [
         ("train: HF tokenizers", hf_train_s, None),
         ("train: llm-tokenizer", ours_train_s, None),
@@ -152,6 +218,14 @@ def main() -> None:
         "encode_speed_ours_warm_over_hf_encode": hf_encode_s / ours_warm_s,
         "encode_speed_ours_cold_over_tiktoken": tiktoken_s / ours_cold_s,
     }
+    for pre, hf_pre_s, ours_pre_s in pre_rows:
+        rows.append((f"encode [{pre}]: HF tokenizers encode()", hf_pre_s, megabytes / hf_pre_s))
+        rows.append(
+            (f"encode [{pre}]: llm-tokenizer, cold cache", ours_pre_s, megabytes / ours_pre_s)
+        )
+        print(f"{rows[-2][0]:44}{hf_pre_s:9.2f}{megabytes / hf_pre_s:8.2f}")
+        print(f"{rows[-1][0]:44}{ours_pre_s:9.2f}{megabytes / ours_pre_s:8.2f}")
+        ratios[f"encode_speed_ours_cold_over_hf_encode[{pre}]"] = hf_pre_s / ours_pre_s
     for name, value in ratios.items():
         print(f"{name:44}{value:9.2f}x")
     print(

@@ -11,6 +11,7 @@ pieces.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -55,6 +56,12 @@ class Split:
                 f"Split pattern {self.pattern!r} is not a valid regex: {e}"
             ) from None
         object.__setattr__(self, "_compiled", compiled)
+        # An isolated, non-inverted split is `regex.split` around one group, in C: it returns
+        # [gap, match, gap, match, ..., gap]. A zero-width match (HF skips those) takes the slow path.
+        fast = None
+        if self.behavior == "isolated" and not self.invert and compiled.groups == 0:
+            fast = regex.compile(f"({self.pattern})", compiled.flags).split
+        object.__setattr__(self, "_fast_split", fast)
 
     def to_json(self) -> dict[str, object]:
         """This step as our JSON (`pattern`, `behavior`, `invert`)."""
@@ -62,6 +69,11 @@ class Split:
 
     def split(self, text: str) -> list[str]:
         """The pieces of `text` (none empty), in order."""
+        fast = self._fast_split  # type: ignore[attr-defined]
+        if fast is not None:
+            parts = fast(text)
+            if "" not in parts[1::2]:
+                return [part for part in parts if part]
         spans: list[tuple[int, int, bool]] = []  # (start, end, is_match), covering the text
         at = 0
         for match in self._compiled.finditer(text):  # type: ignore[attr-defined]
@@ -173,15 +185,35 @@ def compile_pre_tokenizer(pre: PreTokenizer) -> Callable[[str], list[str]] | Non
             return Split(pre).split(text)
 
         return split_keeping_gaps
-    steps = [step.split for step in pre]
+    first, *rest = [step.split for step in pre]
+    caches = [_PieceCache(step) for step in rest]  # later steps see the same pieces again and again
 
     def split_sequence(text: str) -> list[str]:
-        pieces = [text]
-        for step in steps:
-            pieces = [out for piece in pieces for out in step(piece)]
+        pieces = first(text)
+        for cache in caches:
+            pieces = list(itertools.chain.from_iterable(map(cache.__getitem__, pieces)))
         return pieces
 
     return split_sequence
+
+
+class _PieceCache(dict):
+    """piece -> its pieces under one step; a miss splits and stores (cleared when full)."""
+
+    CAPACITY = 1 << 16
+    LONGEST = 256  # characters; longer pieces are split every time
+
+    def __init__(self, split: Callable[[str], list[str]]):
+        super().__init__()
+        self.split = split
+
+    def __missing__(self, piece: str) -> list[str]:
+        pieces = self.split(piece)
+        if len(piece) <= self.LONGEST:
+            if len(self) >= self.CAPACITY:
+                self.clear()
+            self[piece] = pieces
+        return pieces
 
 
 def pre_tokenizer_json(pre: PreTokenizer) -> str | list[dict[str, object]] | None:
