@@ -17,11 +17,11 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 # The vocabularies in llama.cpp's models/ (a new one fails test_every_vocabulary_is_listed).
 BPE_OR_SPM = [
-    "aquila", "baichuan", "command-r", "deepseek-coder", "deepseek-llm", "falcon", "gpt-2",
+    "aquila", "baichuan", "command-r", "deepseek-coder", "deepseek-llm", "falcon", "gemma-4", "gpt-2",
     "gpt-neox", "llama-bpe", "llama-spm", "mpt", "phi-3", "qwen2", "qwen35", "refact",
     "starcoder",
 ]  # fmt: skip
-REFUSED = {"bert-bge": "WordPiece", "nomic-bert-moe": "Unigram", "gemma-4": "gemma4"}
+REFUSED = {"bert-bge": "WordPiece", "nomic-bert-moe": "Unigram"}
 
 HELD_OUT_EXTRA = (
     "def f(x):\n\treturn x ** 2  # square\n\n\n    if x != 0:\n        pass\r\n"

@@ -237,7 +237,6 @@ OTHER_MODELS = {
     "t5": "Unigram",
     "rwkv": "RWKV greedy",
     "plamo2": "PLaMo-2 Unigram-like",
-    "gemma4": "gemma4: BPE over SentencePiece-style raw UTF-8 with newline splits",
 }
 # Known to llama.cpp but split by hand-written code (or not byte-level), which we do not carry.
 LLAMA_CPP_UNSUPPORTED = frozenset(
@@ -292,7 +291,8 @@ def _tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
             t for t, kind in zip(tokens, token_types, strict=True) if kind == USER_DEFINED
         ],
         "bos_token": name_of("bos"),
-        "add_bos_token": bool(
+        "add_bos_token": model == "gemma4"  # llama.cpp forces it for Gemma 4
+        or bool(
             metadata.get(
                 "tokenizer.ggml.add_bos_token",
                 model == "llama" or metadata.get("tokenizer.ggml.pre") in LLAMA_CPP_ADD_BOS,
@@ -330,6 +330,30 @@ def _tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
             kind="byte_level",
             pattern=LLAMA_CPP_PRE_TOKENIZERS[pre],
             ignore_merges=pre in LLAMA_CPP_IGNORE_MERGES,
+            **common,
+        )
+    if model == "gemma4":
+        # BPE with ranked merges over raw UTF-8 whose spaces are "▁" (no prefix space), with
+        # <0xNN> byte fallback. llama.cpp also cuts the text at newlines first; no token mixes
+        # "\n" with other characters, so merges never cross one and the cut changes nothing.
+        index = {t: i for i, t in enumerate(tokens)}
+        merges = []
+        for merge in _required(metadata, "tokenizer.ggml.merges"):
+            cut = merge.find(" ", 1)  # as llama.cpp: the first part may itself be a space
+            left, right = merge[:cut], merge[cut + 1 :]
+            if cut < 0 or left not in index or right not in index:
+                raise TokenizerError(
+                    f"GGUF merge {merge!r} uses a token missing from the vocabulary"
+                )
+            merges.append((index[left], index[right]))
+        return Tokenizer(
+            tokens,
+            merges,
+            kind="sentencepiece",
+            prepend_scheme="never",
+            split_on_space=False,
+            byte_fallback=True,
+            unk_token=name_of("unknown"),
             **common,
         )
     if model == "llama":
