@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from llm_infer.generation import Completion, Generation
-from llm_infer.llm import LLM, decode_n_tokens, prefill
+from llm_infer.generate import Completion, Generation, run
+from llm_infer.llm import LLM
 from llm_infer.sampling import DEFAULT_MAX_TOKENS
 
 
@@ -100,20 +100,12 @@ class Session:
 
     @torch.inference_mode()
     def _run(self, generation: Generation) -> Iterator[str]:
-        model, ids = self.llm.model, generation.prompt_ids
-        start, n = self.position, len(ids)
-        device = model.device
-        tokens = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-        positions = torch.arange(start, start + n, device=device).unsqueeze(0)  # (1, T)
+        start = self.position
         self._text, self.position = "", 0  # until the turn completes, the cache is in flux
-        logits = prefill(model, tokens, self.cache, positions)  # (1, V)
-        token = generation.next_token(logits[0])
-        yield generation.append(token)
-        decoder = self.llm.decoder if getattr(self.cache, "kind", None) == "static" else None
-        yield from decode_n_tokens(model, self.cache, generation, token, start + n, decoder)
+        yield from run(self.llm.model, self.cache, generation, start, self.llm.step)
         messages, rendered = self._turn
         out = generation.token_ids
-        self.position = start + n + len(out) - 1
+        self.position = start + len(generation.prompt_ids) + len(out) - 1
         self._pending = out[-1:]
         self._text = rendered + self.llm.tokenizer.decode(out)
         self.messages = [*messages, {"role": "assistant", "content": generation.text}]

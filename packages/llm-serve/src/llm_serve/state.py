@@ -74,7 +74,7 @@ class Server:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Start the engine (and the embedding thread) for the duration of the block."""
-        engine = self.llm.engine(max_batch=self.config.max_batch, max_queue=self.config.max_queue)
+        engine = Engine(self.llm, max_batch=self.config.max_batch, max_queue=self.config.max_queue)
         self.embed_executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="llm-serve-embed"
         )
