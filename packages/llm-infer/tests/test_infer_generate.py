@@ -111,7 +111,7 @@ def test_context_length_error_names_limit_and_length(llm):
     ("params", "message"),
     [
         ({"temperature": -1}, "temperature must be"),
-        ({"top_p": 0}, "top_p must be in"),
+        ({"top_p": 0}, r"top_p must be a number in \(0, 1\]"),
         ({"top_k": -2}, "top_k must be"),
         ({"min_p": 2}, "min_p must be"),
         ({"max_tokens": 0}, "max_tokens must be"),

@@ -125,7 +125,7 @@ def test_piped_input_prints_the_plain_answer(fake_server):
         (
             ["--server", "http://127.0.0.1:9", "--temperature", "9"],
             "hi",
-            "temperature must be in [0, 2]",
+            "temperature must be a number in [0, 2]",
         ),
     ],
 )

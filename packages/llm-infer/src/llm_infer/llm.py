@@ -7,7 +7,6 @@ it, a :class:`~llm_infer.generate.Generation`, and :func:`~llm_infer.generate.ru
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -65,7 +64,7 @@ class LLM:
     def sampling_params(self, **params: Any) -> SamplingParams:
         """Validated :class:`SamplingParams` for this model; raises ``SamplingError``."""
         sp = SamplingParams.from_kwargs(**params)
-        sp.validate(self.vocab_size)
+        sp.validate_for(self.vocab_size)
         return sp
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
@@ -108,9 +107,10 @@ class LLM:
             )
         if params.min_tokens > max_tokens:
             raise SamplingError(
-                f"min_tokens must be at most max_tokens={max_tokens}, got {params.min_tokens}"
+                f"min_tokens must be at most max_tokens={max_tokens}, got {params.min_tokens}",
+                param="min_tokens",
             )
-        return replace(params, max_tokens=max_tokens)
+        return params.model_copy(update={"max_tokens": max_tokens})
 
     # -- generation ------------------------------------------------------------------------
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -90,7 +89,7 @@ class Session:
         if not self.unbounded:
             sp = llm.fit(sp, held, len(new_ids), limit=self.limit)
         elif sp.max_tokens is None:
-            sp = replace(sp, max_tokens=DEFAULT_MAX_TOKENS)
+            sp = sp.model_copy(update={"max_tokens": DEFAULT_MAX_TOKENS})
         if held == 0:  # a fresh start, or the history no longer matches what the cache holds
             self._reset_cache()
             self.position = 0
