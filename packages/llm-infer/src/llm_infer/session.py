@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from llm_infer.generate import Completion, Generation, run
-from llm_infer.llm import LLM
+from llm_infer.llm import LLM, Messages
 from llm_infer.sampling import DEFAULT_MAX_TOKENS
 
 
@@ -41,7 +41,8 @@ class Session:
             self.cache = llm.model.new_cache(1, capacity, kind=cache_kind, **cache_options)
         self.unbounded = getattr(self.cache, "kind", cache_kind) == "sink"
         self.limit = None if self.unbounded else getattr(self.cache, "capacity", capacity)
-        self.messages: list[dict[str, str]] = []
+        self.messages: list[dict[str, Any]] = []
+        self.last: Completion | None = None  # the latest completed turn
         self._clear()
 
     @torch.inference_mode()  # the cache holds inference tensors: write them in that mode
@@ -66,20 +67,33 @@ class Session:
         ``SamplingError`` and, with a static cache, ``ContextLengthError`` naming the limit and
         the length asked for.
         """
-        generation = self._start(text, params)
+        return self.chat([*self.messages, {"role": "user", "content": text}], **params)
+
+    def stream(self, text: str, **params: Any) -> Iterator[str]:
+        """:meth:`send`, yielding the reply's text deltas (errors raised before the first)."""
+        return self.stream_chat([*self.messages, {"role": "user", "content": text}], **params)
+
+    def chat(self, messages: Messages, **params: Any) -> Completion:
+        """The assistant's reply to the whole conversation ``messages`` (a front end that
+        keeps its own history, such as the REPL, sends it every turn). The tokens of the
+        longest rendered prefix already in the cache are reused (every earlier turn, when
+        ``messages`` extends the session's); only the rest is prefilled. Raises as
+        :meth:`send` does."""
+        generation = self._start(messages, params)
         for _ in self._run(generation):
             pass
         return generation.completion()
 
-    def stream(self, text: str, **params: Any) -> Iterator[str]:
-        """:meth:`send`, yielding the reply's text deltas (errors raised before the first)."""
-        generation = self._start(text, params)
+    def stream_chat(self, messages: Messages, **params: Any) -> Iterator[str]:
+        """:meth:`chat`, yielding the reply's text deltas (errors raised before the first).
+        :attr:`last` holds the completion once the stream ends."""
+        generation = self._start(messages, params)
         return (delta for delta in self._run(generation) if delta)
 
-    def _start(self, text: str, params: dict[str, Any]) -> Generation:
+    def _start(self, messages: Messages, params: dict[str, Any]) -> Generation:
         llm = self.llm
         sp = llm.sampling_params(**params)
-        messages = [*self.messages, {"role": "user", "content": text}]
+        messages = [dict(m) for m in messages]
         rendered = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         held = self.position
         if held and rendered.startswith(self._text):
@@ -108,3 +122,4 @@ class Session:
         self._pending = out[-1:]
         self._text = rendered + self.llm.tokenizer.decode(out)
         self.messages = [*messages, {"role": "assistant", "content": generation.text}]
+        self.last = generation.completion()
