@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib
+from types import SimpleNamespace
 
 import pytest
 import torch
-from llm_infer import ContextLengthError, LoadError, SamplingError, load
+from llm_infer import LLM, ContextLengthError, LoadError, SamplingError, load
 
 load_module = importlib.import_module("llm_infer.load")  # the package re-exports the function
 
@@ -170,3 +171,12 @@ def test_load_demo_when_bundled():
         [{"role": "user", "content": "What does json.dumps do?"}], temperature=0, max_tokens=8
     )
     assert reply.usage.completion_tokens >= 1
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_at_construction(tokenizer):
+    small = SimpleNamespace(config=SimpleNamespace(vocab_size=tokenizer.vocab_size - 10))
+    with pytest.raises(
+        ValueError,
+        match=rf"tokenizer has {tokenizer.vocab_size} ids.*vocabulary of {tokenizer.vocab_size - 10}",
+    ):
+        LLM(small, tokenizer)

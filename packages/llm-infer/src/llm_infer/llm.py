@@ -31,6 +31,9 @@ class LLM:
     first of each larger cache size, waits for the compilation, about 40 s on 2 CPU cores,
     announced on the ``llm_infer`` logger).
 
+    A tokenizer with more ids than the model's vocabulary is refused here (``ValueError``
+    with both sizes), not mid-generation.
+
     Sampling keywords are those of :class:`~llm_infer.sampling.SamplingParams` (OpenAI's names
     plus ``top_k``, ``min_p``, ``repetition_penalty``); a bad one raises
     :class:`~llm_infer.errors.SamplingError`.
@@ -39,6 +42,11 @@ class LLM:
     def __init__(
         self, model: CausalLM, tokenizer: Tokenizer, *, source: str = "", compile: bool = False
     ) -> None:
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
+                f"vocabulary of {model.config.vocab_size}: its extra ids have no logits"
+            )
         fuse = getattr(model, "fuse_projections", None)
         if fuse is not None:
             fuse()  # one matrix product for q/k/v and for gate/up: same weights, less per step

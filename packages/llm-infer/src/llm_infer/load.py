@@ -67,12 +67,10 @@ def load(
         tokenizer = Tokenizer.from_file(path)
     except (TokenizerError, OSError) as exc:
         raise LoadError(f"{path / 'tokenizer.json'}: {exc}") from None
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise LoadError(
-            f"{path}: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
-            f"vocabulary of {model.config.vocab_size}"
-        )
-    return LLM(model, tokenizer, source=str(path), compile=compile)
+    try:
+        return LLM(model, tokenizer, source=str(path), compile=compile)
+    except ValueError as exc:  # a tokenizer larger than the model's vocabulary
+        raise LoadError(f"{path}: {exc}") from None
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
