@@ -1,4 +1,4 @@
-"""llm-serve: an OpenAI-compatible HTTP server (FastAPI, SSE) over llm-infer's Engine, and clients."""
+"""llm-serve: an OpenAI-compatible HTTP server (FastAPI, SSE) over llm-infer's Engine."""
 
 from importlib.metadata import version as _version
 

@@ -65,7 +65,7 @@ class Server:
     def __init__(self, llm: LLM, config: ServerConfig) -> None:
         self.llm = llm
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(lambda: self.engine.stats() if self.engine is not None else None)
         self.created = int(time.time())
         self.engine: Engine | None = None
         self.embed_executor: ThreadPoolExecutor | None = None
@@ -73,7 +73,12 @@ class Server:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Start the engine (and the embedding thread) for the duration of the block."""
-        engine = Engine(self.llm, max_batch=self.config.max_batch, max_queue=self.config.max_queue)
+        engine = Engine(
+            self.llm,
+            max_batch=self.config.max_batch,
+            max_queue=self.config.max_queue,
+            observer=self.metrics.observe,
+        )
         self.embed_executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="llm-serve-embed"
         )
