@@ -345,6 +345,12 @@ def gguf_config(
     }
     if key_length is not None and key_length * n_head != n_embd:
         fields["head_size"] = key_length
+    blocks = {name.split(".")[1] for name in tensors if name.startswith("blk.")}
+    if tensors and len(blocks) != fields["n_layer"]:
+        raise GGUFError(
+            f"{source}: {arch}.block_count is {fields['n_layer']}, but the file has tensors "
+            f"for {len(blocks)} blocks"
+        )
     window = integer("attention.sliding_window")
     if window:
         fields["window_size"] = window
