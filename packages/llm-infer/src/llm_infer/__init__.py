@@ -32,6 +32,7 @@ _HOMES = {
     "Session": "llm_infer.session",
     "load": "llm_infer.load",
     "show_kernel_notices": "llm_infer.load",
+    "smollm2_path": "llm_infer.load",
 }
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "__version__",
     "load",
     "show_kernel_notices",
+    "smollm2_path",
 ]
 
 if TYPE_CHECKING:
@@ -68,7 +70,7 @@ if TYPE_CHECKING:
     )
     from llm_infer.generate import Completion, TokenLogprob, Usage
     from llm_infer.llm import LLM
-    from llm_infer.load import load, show_kernel_notices
+    from llm_infer.load import load, show_kernel_notices, smollm2_path
     from llm_infer.params import SamplingParams
     from llm_infer.session import Session
 
