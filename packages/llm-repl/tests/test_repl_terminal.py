@@ -102,7 +102,7 @@ def _once(*args: str, stdin: str) -> subprocess.CompletedProcess:
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=120,  # a /set checks its value with llm-infer, which imports torch
     )
 
 

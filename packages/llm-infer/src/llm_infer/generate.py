@@ -25,6 +25,10 @@ from llm_infer.sampling import SamplingParams, argmax, process_logits
 
 FinishReason = Literal["stop", "length", "cancelled"]
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the activations of a long prompt
+# Below this many parameters a model decodes eagerly by default: its steps take about a
+# millisecond already, and a compilation (tens of seconds on a few cores) would not pay back
+# in an interactive session. The llama-125m shape and SmolLM2-135M compile.
+COMPILE_MIN_PARAMETERS = 20_000_000
 
 log = logging.getLogger("llm_infer")
 
@@ -54,18 +58,31 @@ def decode_step(
     return model.forward(token, cache, position)[:, -1]  # (B, V)
 
 
+def compiles_by_default(model: CausalLM) -> bool:
+    """Whether a :class:`DecodeStep` compiles when not told: a model of at least
+    :data:`COMPILE_MIN_PARAMETERS` parameters (measured faster than the eager step on CPU
+    float32 for the llama-125m shape, see docs/benchmarks.md)."""
+    parameters = getattr(model, "parameters", None)
+    if parameters is None:
+        return False
+    return sum(p.numel() for p in parameters()) >= COMPILE_MIN_PARAMETERS
+
+
 class DecodeStep:
     """``step(token, position, cache) -> logits [B, V]``: one token per row, through the
     compiled step (a :class:`~llm_infer.compiled.CompiledDecoder`) on a static cache when
-    ``compile`` is on, eagerly otherwise (other caches, or ``compile=False``).
+    ``compile`` is on (``None``: :func:`compiles_by_default`), eagerly otherwise (other
+    caches, or ``compile=False``).
 
     The first compiled call (and the first for each new cache capacity) compiles, which takes
     tens of seconds on a few CPU cores; it is announced on the ``llm_infer`` logger (INFO) so
     that front ends can say so instead of waiting silently.
     """
 
-    def __init__(self, model: CausalLM, *, compile: bool) -> None:
+    def __init__(self, model: CausalLM, *, compile: bool | None = None) -> None:
         self.model = model
+        if compile is None:
+            compile = compiles_by_default(model)
         self.compiled = CompiledDecoder(model) if compile else None
         self._announced: set[int] = set()
 

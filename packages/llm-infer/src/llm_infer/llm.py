@@ -26,7 +26,8 @@ class LLM:
 
     A model with ``fuse_projections`` (llm-core's ``Transformer``) has it called: its weights
     stay the same tensors by name, and inference runs fewer, larger matrix products.
-    ``compile=True`` runs decode steps on static caches through a compiled
+    ``compile`` (default: on for models of 20M parameters and more, see
+    :func:`~llm_infer.generate.compiles_by_default`) runs decode steps on static caches through a compiled
     :class:`~llm_infer.generate.DecodeStep` (``torch.compile``; the first request, and the
     first of each larger cache size, waits for the compilation, about 40 s on 2 CPU cores,
     announced on the ``llm_infer`` logger).
@@ -40,7 +41,12 @@ class LLM:
     """
 
     def __init__(
-        self, model: CausalLM, tokenizer: Tokenizer, *, source: str = "", compile: bool = False
+        self,
+        model: CausalLM,
+        tokenizer: Tokenizer,
+        *,
+        source: str = "",
+        compile: bool | None = None,
     ) -> None:
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(

@@ -35,7 +35,7 @@ def load(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
-    compile: bool = False,
+    compile: bool | None = None,
 ) -> LLM:
     """Load a model and its tokenizer, ready to generate.
 
@@ -45,8 +45,8 @@ def load(
     dequantized to float, vocabulary and chat template from its metadata), or a bundled name:
     ``"demo"`` (the small model shipped with this package) or ``"smollm2"``
     (SmolLM2-135M-Instruct, see :func:`smollm2_path`). ``dtype`` is a torch dtype or its name
-    (``"bf16"``, ...). ``compile=True``: decode steps through ``torch.compile`` (see
-    :class:`~llm_infer.llm.LLM`).
+    (``"bf16"``, ...). ``compile``: decode steps through ``torch.compile`` (default: for
+    models of 20M parameters and more; see :class:`~llm_infer.llm.LLM`).
 
     Raises :class:`LoadError` naming the path and what is wrong with it: missing, not a
     model, a malformed or unsupported GGUF file, no tokenizer, a tokenizer larger than the
@@ -103,7 +103,11 @@ def smollm2_path() -> Path:
 
 
 def _load_gguf(
-    path: Path, *, device: str | torch.device | None, dtype: torch.dtype | None, compile: bool
+    path: Path,
+    *,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+    compile: bool | None,
 ) -> LLM:
     """A GGUF file's model (through llm-quant) and tokenizer (through llm-tokenizer)."""
     from llm_quant import GGUFError, load_gguf_model
@@ -142,13 +146,16 @@ class _Notice(logging.Handler):
 
 
 def show_kernel_notices() -> None:
-    """Print llm-kernels' one-line notices on stderr, for command-line front ends: a model's
-    first load on a machine waits about 20 s while the native kernels compile, and should say
+    """Print llm-kernels' and llm-infer's one-line notices on stderr, for front ends: a
+    model's first load on a machine waits about 20 s while the native kernels compile, and
+    the first decode step of a model that compiles its step (see
+    :func:`~llm_infer.generate.compiles_by_default`) waits for ``torch.compile``; both say
     so. Calling it again adds nothing."""
-    kernels = logging.getLogger("llm_kernels")
-    if any(h.get_name() == "llm-kernels-notice" for h in kernels.handlers):
-        return
-    notice = _Notice()
-    notice.set_name("llm-kernels-notice")
-    kernels.setLevel(logging.INFO)
-    kernels.addHandler(notice)
+    for name in ("llm_kernels", "llm_infer"):
+        logger = logging.getLogger(name)
+        if any(h.get_name() == "llm-notice" for h in logger.handlers):
+            continue
+        notice = _Notice()
+        notice.set_name("llm-notice")
+        logger.setLevel(logging.INFO)
+        logger.addHandler(notice)

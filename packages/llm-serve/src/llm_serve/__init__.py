@@ -1,4 +1,4 @@
-"""llm-serve: an OpenAI-compatible HTTP server (FastAPI, SSE) over llm-infer's Engine."""
+"""llm-serve: an OpenAI-compatible HTTP server (FastAPI, SSE) over llm-infer's Engine, and clients."""
 
 from importlib.metadata import version as _version
 
