@@ -16,6 +16,9 @@ from typing import Any
 import httpx
 
 Messages = list[dict[str, Any]]
+# The local backend's sampling where the user set none: llama.cpp's llama-cli defaults (a
+# small chat model rambles at OpenAI's plain temperature 1); /set and the flags override them.
+LOCAL_SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
 
 
 class BackendError(Exception):
@@ -105,7 +108,8 @@ class LocalBackend:
     The conversation runs on an ``llm_infer.Session``: its KV cache stays between turns, so
     a follow-up prefills only its new tokens, and ``last_usage`` has the true token counts
     (``prompt_tokens`` fed this turn, ``cached_tokens`` reused, ``completion_tokens``).
-    Generation runs on one worker thread, a token at a time.
+    Generation runs on one worker thread, a token at a time. Sampling settings the user left
+    unset take llama.cpp's defaults (:data:`LOCAL_SAMPLING`).
     """
 
     def __init__(self, source: str = "demo", *, llm: Any = None) -> None:
@@ -138,7 +142,7 @@ class LocalBackend:
         the token in progress (cancellation). Raises :class:`BackendError`."""
         self.last_usage = None
         loop = asyncio.get_running_loop()
-        params = {k: v for k, v in sampling.items() if v is not None}
+        params = {**LOCAL_SAMPLING, **{k: v for k, v in sampling.items() if v is not None}}
 
         def start() -> Iterator[str]:
             return self.session.stream_chat(messages, **params)
