@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         backend = make_backend(args)
         if once:
+            # a pipe or a script gets the same answer every time: greedy, unless told otherwise
+            conversation.settings.setdefault("temperature", 0.0)
             return asyncio.run(answer_once(backend, conversation, question))
 
         repl = Repl(
