@@ -64,15 +64,15 @@ demo-model: setup ## train the bundled demo model (stdlib docstrings + generated
 
 .PHONY: demo-model
 
-chat: setup ## the chat REPL on the bundled demo model (a pipe on stdin: one plain answer)
-	$(RUN) llm-repl
+chat: setup ## the chat REPL on SmolLM2-135M-Instruct (MODEL=demo: the toy; a pipe on stdin: one answer)
+	$(RUN) llm-repl $(if $(MODEL),--model $(MODEL))
 
 smoke-repl: setup ## llm-repl in tmux: type a question, check an answer and the stats line appear
 	scripts/smoke_repl.sh
 
 .PHONY: chat smoke-repl
 
-serve: setup ## llm-serve on the demo model at http://127.0.0.1:8000 (OpenAI-compatible)
-	$(RUN) llm-serve
+serve: setup ## llm-serve on SmolLM2-135M-Instruct at http://127.0.0.1:8000 (MODEL=demo: the toy)
+	$(RUN) llm-serve $(if $(MODEL),--model $(MODEL))
 
 .PHONY: serve

@@ -1,14 +1,17 @@
 """Decode benchmark: llm-infer vs HF transformers (eager) vs llama.cpp (F32 GGUF), side by side.
 
-    uv run --frozen --group peers python benches/decode.py [--threads 2] [--repeats 3] [--json]
+    uv run --frozen --group peers python benches/decode.py [--model smollm2] [--threads 2] [--repeats 3] [--json]
 
-One process, one set of random weights in the llama-125m shape (configs/llama-125m.yaml), a
+One process, one set of weights: random ones in the llama-125m shape (configs/llama-125m.yaml,
+the default) or SmolLM2-135M-Instruct's, dequantized to float (``--model smollm2``); a
 32-token prompt then 128 greedy tokens. Every engine gets the same weights: HF's
 LlamaForCausalLM through load_state_dict, llama.cpp through an F32 GGUF written here with
 gguf.GGUFWriter (q/k permuted to llama.cpp's interleaved RoPE layout, a placeholder gpt2
 vocabulary) and an F32 KV cache. The engines run round-robin (best of --repeats each) and
-their greedy tokens are compared; llm-infer runs eager and with its compiled decode step
-(``compile=True``). Also measured in the same run: the model's matrix products alone, as
+their greedy tokens are compared; llm-infer runs its default ``LLM.generate`` (the compiled
+decode step, for a model of this size) and the eager one (``compile=False``). The ratios the
+project tracks: default ``LLM.generate`` / llama.cpp F32, Engine with 1 stream / default
+``LLM.generate``, Engine with 8 streams / 1 stream. Also measured in the same run: the model's matrix products alone, as
 decode calls them (the floor for any engine built on these torch calls), the read bandwidth of a
 buffer as large as the weights read per token, hence the memory-bandwidth limit on tokens/s
 and each engine's fraction of it, and 8 concurrent engine streams against one.
@@ -30,7 +33,7 @@ import llm_kernels
 import numpy as np
 import torch
 from llm_core import ModelConfig, Transformer
-from llm_infer import LLM
+from llm_infer import LLM, load
 from llm_infer.bench import greedy, measure_engine, random_prompt
 from llm_tokenizer import Tokenizer, bytes_to_unicode
 
@@ -89,7 +92,7 @@ def write_gguf(model: Transformer, tokenizer: Tokenizer, path: Path) -> None:
 
     cfg = model.config
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("llama-125m-random")
+    writer.add_name("llm-bench")
     writer.add_context_length(cfg.max_seq_len)
     writer.add_embedding_length(cfg.n_embd)
     writer.add_block_count(cfg.n_layer)
@@ -130,7 +133,9 @@ def write_gguf(model: Transformer, tokenizer: Tokenizer, path: Path) -> None:
                 w = permute_for_gguf(w, cfg.kv_heads)
             writer.add_tensor(f"blk.{i}.{theirs}.weight", np.ascontiguousarray(w))
     writer.add_tensor("output_norm.weight", state["model.norm.weight"])
-    writer.add_tensor("output.weight", state["lm_head.weight"])
+    writer.add_tensor(
+        "output.weight", state.get("lm_head.weight", state["model.embed_tokens.weight"])
+    )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -246,17 +251,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each engine's best counts")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument(
+        "--model",
+        choices=("llama-125m", "smollm2"),
+        default="llama-125m",
+        help="random llama-125m-shaped weights, or SmolLM2-135M-Instruct's (float)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print the JSON line instead of a table"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n_new = args.new_tokens
 
-    model = build_model()
+    if args.model == "smollm2":
+        model = load("smollm2", compile=False).model
+        model.float()
+    else:
+        model = build_model()
     cfg = model.config
     tokenizer = placeholder_tokenizer(cfg.vocab_size)
-    llm = LLM(model, tokenizer, source="llama-125m random")
-    compiled = LLM(model, tokenizer, source="llama-125m random", compile=True)
+    llm = LLM(model, tokenizer, source=args.model)  # the default: what users run
+    eager = LLM(model, tokenizer, source=args.model, compile=False)
     prompt = random_prompt(cfg.vocab_size, args.prompt_len, seed=0)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,8 +279,8 @@ def main() -> None:
         write_gguf(model, tokenizer, path)
         runners = {
             "llm-infer LLM.generate": lambda: llm.generate(prompt, **greedy(n_new)).token_ids,
-            "llm-infer LLM.generate, compiled": lambda: (
-                compiled.generate(prompt, **greedy(n_new)).token_ids
+            "llm-infer LLM.generate, eager": lambda: (
+                eager.generate(prompt, **greedy(n_new)).token_ids
             ),
             "HF transformers eager generate": hf_runner(model, prompt, n_new),
             "llama.cpp F32 GGUF": llama_cpp_runner(path, prompt, n_new, args.threads),
@@ -311,8 +326,10 @@ def main() -> None:
         "tokens_per_s": {k: v["tokens_per_s"] for k, v in rows.items()},
         "vs_hf": ours["tokens_per_s"] / rows["HF transformers eager generate"]["tokens_per_s"],
         "vs_llama_cpp": ours["tokens_per_s"] / rows["llama.cpp F32 GGUF"]["tokens_per_s"],
-        "vs_llama_cpp_compiled": rows["llm-infer LLM.generate, compiled"]["tokens_per_s"]
+        "vs_llama_cpp_eager": rows["llm-infer LLM.generate, eager"]["tokens_per_s"]
         / rows["llama.cpp F32 GGUF"]["tokens_per_s"],
+        "model": args.model,
+        "default_compiled": llm.step.compiled is not None,
         "greedy_agreement": {
             k: agreement(ours["tokens"], v["tokens"]) for k, v in rows.items() if v["tokens"]
         },
@@ -324,6 +341,7 @@ def main() -> None:
         "engine_streams": args.streams,
         "engine_n_streams_tokens_per_s": many["aggregate_tokens_per_s"],
         "streams_speedup": many["aggregate_tokens_per_s"] / single["aggregate_tokens_per_s"],
+        "engine_1_vs_llm_generate": single["aggregate_tokens_per_s"] / ours["tokens_per_s"],
     }
     out_dir = ROOT / ".bench"
     out_dir.mkdir(exist_ok=True)
@@ -337,7 +355,7 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"decode: llama-125m shape, random weights, {args.prompt_len}-token prompt + "
+        title=f"decode: {args.model}, {args.prompt_len}-token prompt + "
         f"{n_new} greedy tokens, {args.threads} threads"
     )
     for column in ("engine", "tokens/s", "ours / it", "of bandwidth limit", "greedy agreement"):
@@ -351,7 +369,11 @@ def main() -> None:
             f"{agreement(ours['tokens'], row['tokens'])}/{n_new}" if row["tokens"] else "",
         )
     table.add_row(
-        "llm-infer Engine, 1 stream", f"{single['aggregate_tokens_per_s']:.1f}", "", "", ""
+        "llm-infer Engine, 1 stream",
+        f"{single['aggregate_tokens_per_s']:.1f}",
+        f"{ours['tokens_per_s'] / single['aggregate_tokens_per_s']:.2f}",
+        "",
+        "",
     )
     table.add_row(
         f"llm-infer Engine, {args.streams} streams (sum)",
@@ -363,7 +385,9 @@ def main() -> None:
     Console().print(table)
     print(
         f"weights read per token {weight_bytes / 1e6:.0f} MB; read bandwidth {bandwidth / 1e9:.1f} GB/s "
-        f"-> limit {limit:.1f} tokens/s; {args.streams} streams vs 1: {result['streams_speedup']:.2f}x; "
+        f"-> limit {limit:.1f} tokens/s; default LLM.generate vs llama.cpp: {result['vs_llama_cpp']:.2f}x; "
+        f"Engine 1 stream vs LLM.generate: {result['engine_1_vs_llm_generate']:.2f}x; "
+        f"{args.streams} streams vs 1: {result['streams_speedup']:.2f}x; "
         f"load average {result['load_average_1m']:.2f}"
     )
 

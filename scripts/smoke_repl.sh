@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of llm-repl in a real terminal: start it in tmux, type a question, capture the
 # pane, and check that an answer and the stats line appear.
-#   make smoke-repl                                   # the bundled demo model
+#   make smoke-repl                                   # the default model (SmolLM2-135M-Instruct)
 #   REPL_ARGS="--server http://127.0.0.1:8000" make smoke-repl
 set -euo pipefail
 command -v tmux >/dev/null || { echo "smoke-repl: needs tmux (apt-get install tmux)" >&2; exit 1; }

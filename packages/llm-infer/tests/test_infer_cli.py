@@ -71,7 +71,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys, llama_dir):
     assert err.startswith("llm-infer: error: ") and "no such model directory" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert main(["generate", "--model", str(llama_dir), "--prompt", "x", "--top-p", "7"]) == 1
-    assert "top_p must be in (0, 1]" in capsys.readouterr().err
+    assert "top_p must be a number in (0, 1]" in capsys.readouterr().err
     assert main(["bench", "--model", str(llama_dir), "--concurrency", "a"]) == 1
     assert "--concurrency" in capsys.readouterr().err
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from llm_core.errors import CacheFullError
-from llm_infer import load
+from llm_infer import Session, load
 from llm_infer.compiled import MIN_CAPACITY, CompiledDecoder, compiled_capacity
 
 
@@ -43,14 +43,14 @@ def test_compiled_generate_matches_hf_generate(make_hf_dir, tokenizer, hf_greedy
         one = torch.ones(1, 1, dtype=torch.long)
         cache = llm.model.new_cache(1, MIN_CAPACITY)
         llm.model.forward(torch.ones(1, MIN_CAPACITY - 1, dtype=torch.long), cache)
-        llm.decoder(one, torch.tensor([[MIN_CAPACITY - 1]]), cache)
+        llm.step(one, torch.tensor([[MIN_CAPACITY - 1]]), cache)
         with pytest.raises(CacheFullError):
-            llm.decoder(one, torch.tensor([[MIN_CAPACITY]]), cache)
+            llm.step(one, torch.tensor([[MIN_CAPACITY]]), cache)
 
     # a session on a static cache of the same capacity decodes through the same compiled
     # step, turn after turn, and says what the eager session says
-    eager_session = load(path).session(capacity=MIN_CAPACITY)
-    session = llm.session(capacity=MIN_CAPACITY)
+    eager_session = Session(load(path), capacity=MIN_CAPACITY)
+    session = Session(llm, capacity=MIN_CAPACITY)
     for text in ("first question", "and a second"):
         want = eager_session.send(text, temperature=0, max_tokens=12, min_tokens=12)
         got = session.send(text, temperature=0, max_tokens=12, min_tokens=12)

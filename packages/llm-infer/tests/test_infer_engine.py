@@ -143,17 +143,17 @@ def test_a_fault_in_the_scheduling_loop_ends_every_request_instead_of_hanging(ll
 
     async def main():
         async with Engine(llm, block_size=8) as engine:
-            real = engine._plan
+            real = engine.scheduler.schedule
             calls = 0
 
-            def plan():
+            def schedule():
                 nonlocal calls
                 calls += 1
                 if calls == 3:
                     raise KeyError("bookkeeping bug")
                 return real()
 
-            engine._plan = plan
+            engine.scheduler.schedule = schedule
             handles = [engine.submit(PROMPTS[i], **params) for i in range(3)]
             for handle in handles:
                 with pytest.raises(EngineClosedError, match="scheduling loop failed.*bookkeeping"):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib
+from types import SimpleNamespace
 
 import pytest
 import torch
-from llm_infer import ContextLengthError, LoadError, SamplingError, load
+from llm_infer import LLM, ContextLengthError, LoadError, SamplingError, load
 
 load_module = importlib.import_module("llm_infer.load")  # the package re-exports the function
 
@@ -111,7 +112,7 @@ def test_context_length_error_names_limit_and_length(llm):
     ("params", "message"),
     [
         ({"temperature": -1}, "temperature must be"),
-        ({"top_p": 0}, "top_p must be in"),
+        ({"top_p": 0}, r"top_p must be a number in \(0, 1\]"),
         ({"top_k": -2}, "top_k must be"),
         ({"min_p": 2}, "min_p must be"),
         ({"max_tokens": 0}, "max_tokens must be"),
@@ -143,8 +144,10 @@ def test_load_errors_name_what_is_missing(tmp_path, llama_dir, monkeypatch):
     monkeypatch.undo()
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    with pytest.raises(LoadError, match="GGUF needs llm-quant's GGUF reader"):
+    with pytest.raises(LoadError, match="not a GGUF file .4 bytes"):
         load(gguf)
+    with pytest.raises(LoadError, match="no such GGUF file"):
+        load(tmp_path / "missing.gguf")
     with pytest.raises(LoadError, match="no such model directory"):
         load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
@@ -170,3 +173,12 @@ def test_load_demo_when_bundled():
         [{"role": "user", "content": "What does json.dumps do?"}], temperature=0, max_tokens=8
     )
     assert reply.usage.completion_tokens >= 1
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_at_construction(tokenizer):
+    small = SimpleNamespace(config=SimpleNamespace(vocab_size=tokenizer.vocab_size - 10))
+    with pytest.raises(
+        ValueError,
+        match=rf"tokenizer has {tokenizer.vocab_size} ids.*vocabulary of {tokenizer.vocab_size - 10}",
+    ):
+        LLM(small, tokenizer)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from llm_infer import ContextLengthError
+from llm_infer import ContextLengthError, Session
 
 
 def test_second_turn_feeds_only_new_tokens_and_matches_one_long_prompt(llm, tokenizer):
     no_special = {tokenizer.token_id(t): -100.0 for t in tokenizer.special_tokens}
     params = dict(temperature=0, max_tokens=6, logit_bias=no_special)
-    session = llm.session(system="be brief")
+    session = Session(llm, system="be brief")
     first = session.send("hello", **params)
     assert first.usage.cached_tokens == 0
     rendered_first = llm.chat_prompt(
@@ -30,9 +30,9 @@ def test_second_turn_feeds_only_new_tokens_and_matches_one_long_prompt(llm, toke
 
 
 def test_stream_equals_send_and_reset_forgets(llm):
-    a = llm.session()
+    a = Session(llm)
     text = "".join(a.stream("hi there", temperature=0, max_tokens=8))
-    b = llm.session()
+    b = Session(llm)
     assert b.send("hi there", temperature=0, max_tokens=8).text == text
     a.reset()
     assert a.messages == [] and a.position == 0
@@ -40,14 +40,14 @@ def test_stream_equals_send_and_reset_forgets(llm):
 
 
 def test_static_session_raises_context_length_error(llm):
-    session = llm.session(capacity=64)
+    session = Session(llm, capacity=64)
     with pytest.raises(ContextLengthError, match=r"limit is 64 tokens, this request needs \d+"):
         session.send("x" * 10, max_tokens=60)
 
 
 def test_sink_session_never_runs_out(llm):
     try:
-        session = llm.session(cache_kind="sink", window=32, sink_tokens=4)
+        session = Session(llm, cache_kind="sink", window=32, sink_tokens=4)
     except (TypeError, ValueError) as exc:
         pytest.skip(f"llm-core has no sink cache yet: {exc}")
     for turn in range(6):
@@ -57,9 +57,9 @@ def test_sink_session_never_runs_out(llm):
 
 
 def test_an_abandoned_stream_leaves_the_session_usable(llm):
-    session = llm.session()
+    session = Session(llm)
     stream = session.stream("first", temperature=0, max_tokens=30, ignore_eos=True)
     next(stream)
     stream.close()
-    fresh = llm.session().send("second", temperature=0, max_tokens=8)
+    fresh = Session(llm).send("second", temperature=0, max_tokens=8)
     assert session.send("second", temperature=0, max_tokens=8).token_ids == fresh.token_ids

@@ -82,7 +82,7 @@ def test_set_rejects_bad_values_and_shows_settings(fake_server):
         + ENTER
     )
     text, _ = run_repl(RemoteBackend(fake_server.url), keys)
-    assert "temperature takes float, not 'hot'" in text
+    assert "temperature must be a number in [0, 2], got 'hot'" in text
     assert "unknown setting 'colour'" in text
     assert "settings: seed=3" in text
 

@@ -48,16 +48,17 @@ def test_bad_model_is_one_line_and_non_zero(capsys, tmp_path):
     assert err.startswith("llm-serve: error:") and "\n" not in err
 
 
-def test_no_model_serves_the_demo_or_says_why(capsys, monkeypatch):
+def test_the_default_model_is_smollm2_and_demo_serves_the_toy(capsys, monkeypatch):
+    assert cli.build_parser().parse_args([]).model == "smollm2"
     try:
         load("demo")
     except LoadError:
-        assert cli.main([]) == 1
+        assert cli.main(["--model", "demo"]) == 1
         err = capsys.readouterr().err.strip()
         assert "demo" in err and "\n" not in err
     else:
         monkeypatch.setattr(cli, "run", lambda app, host, port: None)
-        assert cli.main([]) == 0
+        assert cli.main(["--model", "demo"]) == 0
 
 
 @pytest.mark.slow

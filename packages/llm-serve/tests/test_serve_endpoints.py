@@ -71,6 +71,8 @@ def test_health_and_metrics(server, client, model):
     assert metrics['llm_requests_total{route="/v1/chat/completions",status="200"}'] >= 1
     assert metrics["llm_generation_tokens_total"] >= 1
     assert metrics["llm_time_to_first_token_seconds_count"] >= 1
+    assert metrics["llm_time_per_output_token_seconds_count"] >= 1
+    assert sum(v for k, v in metrics.items() if k.startswith("llm_request_finished_total{")) >= 1
     for name in (
         "llm_queue_depth",
         "llm_prompt_tokens_total",

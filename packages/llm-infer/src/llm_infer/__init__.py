@@ -2,7 +2,7 @@
 
 from importlib.metadata import version as _version
 
-from llm_infer.engine import Engine, EngineStats, RequestHandle
+from llm_infer.engine import Engine, EngineStats, RequestHandle, RequestTiming
 from llm_infer.errors import (
     ContextLengthError,
     EngineBusyError,
@@ -11,10 +11,11 @@ from llm_infer.errors import (
     LoadError,
     SamplingError,
 )
-from llm_infer.generation import Completion, TokenLogprob, Usage
+from llm_infer.generate import Completion, TokenLogprob, Usage
 from llm_infer.llm import LLM
-from llm_infer.load import load, show_kernel_notices
-from llm_infer.sampling import SamplingParams
+from llm_infer.load import load, show_kernel_notices, smollm2_path
+from llm_infer.params import SamplingParams
+from llm_infer.session import Session
 
 __version__ = _version("llm-infer")
 
@@ -29,11 +30,14 @@ __all__ = [
     "InferError",
     "LoadError",
     "RequestHandle",
+    "RequestTiming",
     "SamplingError",
     "SamplingParams",
+    "Session",
     "TokenLogprob",
     "Usage",
     "__version__",
     "load",
     "show_kernel_notices",
+    "smollm2_path",
 ]

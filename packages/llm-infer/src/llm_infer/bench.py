@@ -28,9 +28,9 @@ def measure_single(llm: LLM, prompt_len: int, new_tokens: int, seed: int = 0) ->
     """One request through ``LLM``'s static-cache path: prefill and decode tokens/s, time to
     first token (s), and the tokens (to compare with peers)."""
     prompt = random_prompt(llm.vocab_size, prompt_len, seed)
-    generation = llm._start(prompt, greedy(new_tokens))
+    generation = llm.request(prompt, **greedy(new_tokens))
     start = time.perf_counter()
-    steps = llm._run(generation)
+    steps = llm.run(generation)
     next(steps)
     first = time.perf_counter()
     for _ in steps:

@@ -69,8 +69,10 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--compile",
-        action="store_true",
-        help="decode through torch.compile (faster steps after a one-off compilation)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode through torch.compile: faster steps after a one-off compilation "
+        "(default: for models of 20M parameters and more)",
     )
 
 
@@ -126,14 +128,14 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     if args.prompt_len < 1 or args.new_tokens < 2:
         raise ValueError("--prompt-len must be >= 1 and --new-tokens >= 2")
     llm = load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
-    if args.compile:
+    if llm.step.compiled is not None:
         measure_single(llm, args.prompt_len, args.new_tokens)  # compiles; not measured
     single = measure_single(llm, args.prompt_len, args.new_tokens)
     single.pop("token_ids")
     engine = [measure_engine(llm, args.prompt_len, args.new_tokens, c) for c in levels]
     result = {
         "model": args.model,
-        "compile": args.compile,
+        "compile": llm.step.compiled is not None,
         "threads": torch.get_num_threads(),
         "single": single,
         "engine": engine,

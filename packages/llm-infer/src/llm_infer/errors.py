@@ -12,7 +12,12 @@ class LoadError(InferError):
 
 
 class SamplingError(InferError, ValueError):
-    """A sampling parameter is invalid; the message names the parameter and the allowed range."""
+    """A sampling parameter is invalid; the message names the parameter and the allowed range,
+    and ``param`` holds the parameter's name (None when no single one is at fault)."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ContextLengthError(InferError, ValueError):

@@ -1,82 +1,24 @@
 """``LLM``: a model and its tokenizer, with ``generate``, ``stream`` and ``chat``.
 
-Generation is a few small functions in the manner of gpt-fast: :func:`prefill` runs the
-prompt through a preallocated static cache, :func:`decode_one_token` runs one token, and
-:func:`decode_n_tokens` loops until the request's :class:`~llm_infer.generation.Generation`
-says stop. The decode loop reuses its input tensors and the cache; the only host sync per
-step is reading the sampled token.
+A thin caller of :mod:`llm_infer.generate`: each request gets a fresh static cache sized to
+it, a :class:`~llm_infer.generate.Generation`, and :func:`~llm_infer.generate.run`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from llm_infer.compiled import CompiledDecoder, compiled_capacity
+from llm_infer.compiled import compiled_capacity
 from llm_infer.errors import ContextLengthError, SamplingError
-from llm_infer.generation import Completion, Generation
+from llm_infer.generate import Completion, DecodeStep, Generation, run
 from llm_infer.protocols import CausalLM, Tokenizer
 from llm_infer.sampling import DEFAULT_MAX_TOKENS, SamplingParams
 
-if TYPE_CHECKING:
-    from llm_infer.engine import Engine
-    from llm_infer.session import Session
-
-PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the activations of a long prompt
-
 Prompt = str | Sequence[int]
 Messages = Sequence[Mapping[str, Any]]
-
-
-def prefill(
-    model: CausalLM, tokens: torch.Tensor, cache: Any, positions: torch.Tensor
-) -> torch.Tensor:
-    """Run ``tokens`` (``[B, T]``) at ``positions`` (``[B, T]``) into ``cache``, in chunks of
-    :data:`PREFILL_CHUNK`; return the logits of the last position ``[B, V]``."""
-    for start in range(0, tokens.shape[1], PREFILL_CHUNK):
-        chunk = slice(start, start + PREFILL_CHUNK)
-        logits = model.forward(
-            tokens[:, chunk], cache, positions[:, chunk], logits_to_keep=1
-        )  # (B, 1, V)
-    return logits[:, -1]  # (B, V)
-
-
-def decode_one_token(
-    model: CausalLM, token: torch.Tensor, cache: Any, position: torch.Tensor
-) -> torch.Tensor:
-    """One decode step: ``token`` and ``position`` ``[B, 1]`` in, next-token logits ``[B, V]`` out."""
-    return model.forward(token, cache, position)[:, -1]  # (B, V)
-
-
-def decode_n_tokens(
-    model: CausalLM,
-    cache: Any,
-    generation: Generation,
-    token: int,
-    position: int,
-    decoder: CompiledDecoder | None = None,
-) -> Iterator[str]:
-    """Feed ``token`` at ``position`` and keep sampling until ``generation`` finishes.
-
-    Yields the text each new token completes. The last sampled token is not fed (its KV is
-    not in ``cache``). ``decoder``, if given, runs each step instead of the eager forward.
-    """
-    device = model.device
-    token_in = torch.empty(1, 1, dtype=torch.long, device=device)  # (1, 1), reused every step
-    position_in = torch.empty(1, 1, dtype=torch.long, device=device)  # (1, 1)
-    while not generation.finished:
-        token_in.fill_(token)
-        position_in.fill_(position)
-        if decoder is not None:
-            logits = decoder(token_in, position_in, cache)  # (1, V)
-        else:
-            logits = decode_one_token(model, token_in, cache, position_in)  # (1, V)
-        token = generation.next_token(logits[0])
-        position += 1
-        yield generation.append(token)
 
 
 class LLM:
@@ -84,9 +26,14 @@ class LLM:
 
     A model with ``fuse_projections`` (llm-core's ``Transformer``) has it called: its weights
     stay the same tensors by name, and inference runs fewer, larger matrix products.
-    ``compile=True`` runs :meth:`generate`'s decode steps through a
-    :class:`~llm_infer.compiled.CompiledDecoder` (``torch.compile``; the first request, and
-    the first of each larger cache size, waits for the compilation, about 40 s on 2 CPU cores).
+    ``compile`` (default: on for models of 20M parameters and more, see
+    :func:`~llm_infer.generate.compiles_by_default`) runs decode steps on static caches through a compiled
+    :class:`~llm_infer.generate.DecodeStep` (``torch.compile``; the first request, and the
+    first of each larger cache size, waits for the compilation, about 40 s on 2 CPU cores,
+    announced on the ``llm_infer`` logger).
+
+    A tokenizer with more ids than the model's vocabulary is refused here (``ValueError``
+    with both sizes), not mid-generation.
 
     Sampling keywords are those of :class:`~llm_infer.sampling.SamplingParams` (OpenAI's names
     plus ``top_k``, ``min_p``, ``repetition_penalty``); a bad one raises
@@ -94,15 +41,25 @@ class LLM:
     """
 
     def __init__(
-        self, model: CausalLM, tokenizer: Tokenizer, *, source: str = "", compile: bool = False
+        self,
+        model: CausalLM,
+        tokenizer: Tokenizer,
+        *,
+        source: str = "",
+        compile: bool | None = None,
     ) -> None:
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
+                f"vocabulary of {model.config.vocab_size}: its extra ids have no logits"
+            )
         fuse = getattr(model, "fuse_projections", None)
         if fuse is not None:
             fuse()  # one matrix product for q/k/v and for gate/up: same weights, less per step
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
-        self.decoder = CompiledDecoder(model) if compile else None
+        self.step = DecodeStep(model, compile=compile)
 
     @property
     def context_length(self) -> int:
@@ -121,7 +78,7 @@ class LLM:
     def sampling_params(self, **params: Any) -> SamplingParams:
         """Validated :class:`SamplingParams` for this model; raises ``SamplingError``."""
         sp = SamplingParams.from_kwargs(**params)
-        sp.validate(self.vocab_size)
+        sp.validate_for(self.vocab_size)
         return sp
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
@@ -172,9 +129,10 @@ class LLM:
             )
         if params.min_tokens > max_tokens:
             raise SamplingError(
-                f"min_tokens must be at most max_tokens={max_tokens}, got {params.min_tokens}"
+                f"min_tokens must be at most max_tokens={max_tokens}, got {params.min_tokens}",
+                param="min_tokens",
             )
-        return replace(params, max_tokens=max_tokens)
+        return params.model_copy(update={"max_tokens": max_tokens})
 
     # -- generation ------------------------------------------------------------------------
 
@@ -184,13 +142,13 @@ class LLM:
         Raises ``SamplingError``, ``ValueError`` (bad prompt) or ``ContextLengthError`` before
         the first delta.
         """
-        generation = self._start(prompt, params)
-        return (delta for delta in self._run(generation) if delta)
+        generation = self.request(prompt, **params)
+        return (delta for delta in self.run(generation) if delta)
 
     def generate(self, prompt: Prompt, **params: Any) -> Completion:
         """Generate a completion of ``prompt`` (text or token ids); see :meth:`stream` for errors."""
-        generation = self._start(prompt, params)
-        for _ in self._run(generation):
+        generation = self.request(prompt, **params)
+        for _ in self.run(generation):
             pass
         return generation.completion()
 
@@ -202,35 +160,19 @@ class LLM:
         """:meth:`chat`, streamed as text deltas."""
         return self.stream(self.chat_prompt(messages), **params)
 
-    def session(self, **options: Any) -> Session:
-        """A multi-turn :class:`~llm_infer.session.Session` on this model."""
-        from llm_infer.session import Session
-
-        return Session(self, **options)
-
-    def engine(self, **options: Any) -> Engine:
-        """A batching :class:`~llm_infer.engine.Engine` on this model (start it with ``async with``)."""
-        from llm_infer.engine import Engine
-
-        return Engine(self, **options)
-
-    def _start(self, prompt: Prompt, params: dict[str, Any]) -> Generation:
+    def request(self, prompt: Prompt, **params: Any) -> Generation:
+        """A validated :class:`~llm_infer.generate.Generation` for ``prompt``, ready for
+        :meth:`run`; raises as :meth:`stream` does."""
         sp = self.sampling_params(**params)
         ids = self.encode_prompt(prompt)
         return Generation(ids, self.fit(sp, 0, len(ids)), self.tokenizer, self.vocab_size)
 
     @torch.inference_mode()
-    def _run(self, generation: Generation) -> Iterator[str]:
-        ids = generation.prompt_ids
-        n = len(ids)
-        need = n + generation.params.max_tokens
-        if self.decoder is not None:  # a few fixed sizes, each compiled once
+    def run(self, generation: Generation) -> Iterator[str]:
+        """Run ``generation`` on a fresh static cache: one item (the text completed, maybe "")
+        per sampled token, the first after the prefill."""
+        need = len(generation.prompt_ids) + generation.params.max_tokens
+        if self.step.compiled is not None:  # a few fixed sizes, each compiled once
             need = compiled_capacity(need, self.context_length)
         cache = self.model.new_cache(1, need)
-        device = self.model.device
-        tokens = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-        positions = torch.arange(n, device=device).unsqueeze(0)  # (1, T)
-        logits = prefill(self.model, tokens, cache, positions)  # (1, V)
-        token = generation.next_token(logits[0])
-        yield generation.append(token)
-        yield from decode_n_tokens(self.model, cache, generation, token, n, self.decoder)
+        yield from run(self.model, cache, generation, 0, self.step)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import torch
 
-from llm_infer.generation import Completion, Generation
-from llm_infer.llm import LLM, decode_n_tokens, prefill
+from llm_infer.generate import Completion, Generation, run
+from llm_infer.llm import LLM, Messages
 from llm_infer.sampling import DEFAULT_MAX_TOKENS
 
 
@@ -42,7 +41,8 @@ class Session:
             self.cache = llm.model.new_cache(1, capacity, kind=cache_kind, **cache_options)
         self.unbounded = getattr(self.cache, "kind", cache_kind) == "sink"
         self.limit = None if self.unbounded else getattr(self.cache, "capacity", capacity)
-        self.messages: list[dict[str, str]] = []
+        self.messages: list[dict[str, Any]] = []
+        self.last: Completion | None = None  # the latest completed turn
         self._clear()
 
     @torch.inference_mode()  # the cache holds inference tensors: write them in that mode
@@ -67,20 +67,33 @@ class Session:
         ``SamplingError`` and, with a static cache, ``ContextLengthError`` naming the limit and
         the length asked for.
         """
-        generation = self._start(text, params)
+        return self.chat([*self.messages, {"role": "user", "content": text}], **params)
+
+    def stream(self, text: str, **params: Any) -> Iterator[str]:
+        """:meth:`send`, yielding the reply's text deltas (errors raised before the first)."""
+        return self.stream_chat([*self.messages, {"role": "user", "content": text}], **params)
+
+    def chat(self, messages: Messages, **params: Any) -> Completion:
+        """The assistant's reply to the whole conversation ``messages`` (a front end that
+        keeps its own history, such as the REPL, sends it every turn). The tokens of the
+        longest rendered prefix already in the cache are reused (every earlier turn, when
+        ``messages`` extends the session's); only the rest is prefilled. Raises as
+        :meth:`send` does."""
+        generation = self._start(messages, params)
         for _ in self._run(generation):
             pass
         return generation.completion()
 
-    def stream(self, text: str, **params: Any) -> Iterator[str]:
-        """:meth:`send`, yielding the reply's text deltas (errors raised before the first)."""
-        generation = self._start(text, params)
+    def stream_chat(self, messages: Messages, **params: Any) -> Iterator[str]:
+        """:meth:`chat`, yielding the reply's text deltas (errors raised before the first).
+        :attr:`last` holds the completion once the stream ends."""
+        generation = self._start(messages, params)
         return (delta for delta in self._run(generation) if delta)
 
-    def _start(self, text: str, params: dict[str, Any]) -> Generation:
+    def _start(self, messages: Messages, params: dict[str, Any]) -> Generation:
         llm = self.llm
         sp = llm.sampling_params(**params)
-        messages = [*self.messages, {"role": "user", "content": text}]
+        messages = [dict(m) for m in messages]
         rendered = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         held = self.position
         if held and rendered.startswith(self._text):
@@ -90,7 +103,7 @@ class Session:
         if not self.unbounded:
             sp = llm.fit(sp, held, len(new_ids), limit=self.limit)
         elif sp.max_tokens is None:
-            sp = replace(sp, max_tokens=DEFAULT_MAX_TOKENS)
+            sp = sp.model_copy(update={"max_tokens": DEFAULT_MAX_TOKENS})
         if held == 0:  # a fresh start, or the history no longer matches what the cache holds
             self._reset_cache()
             self.position = 0
@@ -100,20 +113,13 @@ class Session:
 
     @torch.inference_mode()
     def _run(self, generation: Generation) -> Iterator[str]:
-        model, ids = self.llm.model, generation.prompt_ids
-        start, n = self.position, len(ids)
-        device = model.device
-        tokens = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-        positions = torch.arange(start, start + n, device=device).unsqueeze(0)  # (1, T)
+        start = self.position
         self._text, self.position = "", 0  # until the turn completes, the cache is in flux
-        logits = prefill(model, tokens, self.cache, positions)  # (1, V)
-        token = generation.next_token(logits[0])
-        yield generation.append(token)
-        decoder = self.llm.decoder if getattr(self.cache, "kind", None) == "static" else None
-        yield from decode_n_tokens(model, self.cache, generation, token, start + n, decoder)
+        yield from run(self.llm.model, self.cache, generation, start, self.llm.step)
         messages, rendered = self._turn
         out = generation.token_ids
-        self.position = start + n + len(out) - 1
+        self.position = start + len(generation.prompt_ids) + len(out) - 1
         self._pending = out[-1:]
         self._text = rendered + self.llm.tokenizer.decode(out)
         self.messages = [*messages, {"role": "assistant", "content": generation.text}]
+        self.last = generation.completion()

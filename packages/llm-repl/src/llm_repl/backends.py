@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
 Messages = list[dict[str, Any]]
+# The local backend's sampling where the user set none: llama.cpp's llama-cli defaults (a
+# small chat model rambles at OpenAI's plain temperature 1); /set and the flags override them.
+LOCAL_SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
 
 
 class BackendError(Exception):
@@ -100,21 +103,32 @@ class RemoteBackend:
 
 
 class LocalBackend:
-    """A model loaded in this process through llm-infer (the ``local`` extra)."""
+    """A model loaded in this process through llm-infer (the ``local`` extra).
 
-    def __init__(self, source: str = "demo") -> None:
+    The conversation runs on an ``llm_infer.Session``: its KV cache stays between turns, so
+    a follow-up prefills only its new tokens, and ``last_usage`` has the true token counts
+    (``prompt_tokens`` fed this turn, ``cached_tokens`` reused, ``completion_tokens``).
+    Generation runs on one worker thread, a token at a time. Sampling settings the user left
+    unset take llama.cpp's defaults (:data:`LOCAL_SAMPLING`).
+    """
+
+    def __init__(self, source: str = "demo", *, llm: Any = None) -> None:
         try:
             import llm_infer
         except ImportError:
             raise BackendError(
                 "the local backend needs llm-infer: pip install 'llm-repl[local]' (or use --server URL)"
             ) from None
-        try:
-            self.llm = llm_infer.load(source)
-        except (llm_infer.InferError, OSError, ValueError) as exc:
-            raise BackendError(str(exc).splitlines()[0]) from None
+        if llm is None:
+            try:
+                llm = llm_infer.load(source)
+            except (llm_infer.InferError, OSError, ValueError) as exc:
+                raise BackendError(str(exc).splitlines()[0]) from None
+        self.llm = llm
+        self.session = llm_infer.Session(llm)
         self.source = source
         self.last_usage: dict[str, int] | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-repl-generate")
 
     @property
     def name(self) -> str:
@@ -124,42 +138,37 @@ class LocalBackend:
         return [self.source]
 
     async def stream(self, messages: Messages, **sampling: Any) -> AsyncIterator[str]:
-        """Yield the reply's text deltas; generation runs in a worker thread and stops at the
-        next token once the consumer goes away (cancellation). Raises :class:`BackendError`."""
+        """Yield the reply's text deltas; a consumer that goes away stops the generation after
+        the token in progress (cancellation). Raises :class:`BackendError`."""
         self.last_usage = None
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        stop = threading.Event()
-        params = {k: v for k, v in sampling.items() if v is not None}
+        params = {**LOCAL_SAMPLING, **{k: v for k, v in sampling.items() if v is not None}}
 
-        def work() -> None:
-            pieces = []
-            try:
-                for delta in self.llm.stream_chat(messages, **params):
-                    if stop.is_set():
-                        break
-                    pieces.append(delta)
-                    loop.call_soon_threadsafe(queue.put_nowait, ("delta", delta))
-                text = "".join(pieces)
-                tokens = len(self.llm.tokenizer.encode(text)) if text else 0
-                loop.call_soon_threadsafe(queue.put_nowait, ("done", tokens))
-            except Exception as exc:  # reported to the consumer as one line
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", str(exc).splitlines()[0]))
+        def start() -> Iterator[str]:
+            return self.session.stream_chat(messages, **params)
 
-        worker = threading.Thread(target=work, name="llm-repl-generate", daemon=True)
-        worker.start()
+        try:
+            deltas = await loop.run_in_executor(self._worker, start)
+        except Exception as exc:  # a bad setting or an over-long conversation: one line
+            raise BackendError(str(exc).splitlines()[0]) from None
         try:
             while True:
-                kind, value = await queue.get()
-                if kind == "delta":
-                    yield value
-                elif kind == "done":
-                    self.last_usage = {"completion_tokens": value}
-                    return
-                else:
-                    raise BackendError(value)
+                try:
+                    delta = await loop.run_in_executor(self._worker, next, deltas, None)
+                except Exception as exc:
+                    raise BackendError(str(exc).splitlines()[0]) from None
+                if delta is None:
+                    break
+                yield delta
+            usage = self.session.last.usage
+            self.last_usage = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "cached_tokens": usage.cached_tokens,
+            }
         finally:
-            stop.set()
+            # the same worker: runs after the token in progress, never beside it
+            self._worker.submit(deltas.close)
 
 
 def _reason(exc: httpx.HTTPError) -> str:

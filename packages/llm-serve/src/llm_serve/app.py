@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 from llm_infer import LLM
 
 from llm_serve.errors import APIError
+from llm_serve.metrics import CONTENT_TYPE
 from llm_serve.middleware import Guard, add_error_handlers
 from llm_serve.protocols import HiddenStatesModel
 from llm_serve.responses import (
@@ -96,13 +97,11 @@ def _add_routes(app: FastAPI, server: Server) -> None:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
-        """Prometheus text: requests, tokens, queue depth, time to first token, prefix-cache hits."""
-        stats = server.engine.stats() if server.engine is not None else None
-        return PlainTextResponse(
-            server.metrics.render(stats), media_type="text/plain; version=0.0.4"
-        )
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text: requests, tokens, queue depth, time to first token and per output
+        token (histograms), prefix-cache hits."""
+        return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

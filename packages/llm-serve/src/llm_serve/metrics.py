@@ -1,102 +1,104 @@
-"""Prometheus text exposition of the server's and the engine's counters (no client library)."""
+"""The server's Prometheus metrics, with ``prometheus_client``.
+
+Per request (from the engine's :class:`~llm_infer.engine.RequestTiming`): histograms of the
+time to first token and of the time per output token, counters of prompt, cached and
+generated tokens and of finished requests by reason; per HTTP request: a counter by route and
+status. At scrape time, the engine's state: queue depth, running requests and KV blocks
+(gauges) and its own counters. Histograms and counters aggregate across replicas; no means or
+rates are exported (Prometheus computes them).
+"""
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-from dataclasses import fields
+from collections.abc import Callable, Iterator
 
-from llm_infer.engine import EngineStats
+from llm_infer.engine import EngineStats, RequestTiming
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # seconds
+TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)  # seconds
 
-ENGINE_METRICS = {  # EngineStats field -> (metric name, type, help)
-    "queue_depth": ("llm_queue_depth", "gauge", "Requests waiting for a batch slot."),
-    "running": ("llm_running_requests", "gauge", "Requests in the running batch."),
-    "finished": ("llm_engine_finished_total", "counter", "Requests finished by the engine."),
-    "cancelled": ("llm_engine_cancelled_total", "counter", "Requests cancelled (disconnects)."),
-    "failed": ("llm_engine_failed_total", "counter", "Requests ended by an engine error."),
-    "prompt_tokens": ("llm_prompt_tokens_total", "counter", "Prompt tokens admitted."),
-    "generated_tokens": ("llm_generation_tokens_total", "counter", "Tokens generated."),
-    "tokens_per_s": (
-        "llm_generation_tokens_per_second",
-        "gauge",
-        "Generated tokens per busy second.",
-    ),
-    "mean_time_to_first_token_s": (
-        "llm_engine_mean_time_to_first_token_seconds",
-        "gauge",
-        "Mean time from submission to the first token, in the engine.",
-    ),
-    "prefix_hits": (
-        "llm_prefix_cache_hits_total",
-        "counter",
-        "Requests that reused cached blocks.",
-    ),
-    "prefix_cached_tokens": (
-        "llm_prefix_cache_tokens_total",
-        "counter",
-        "Prompt tokens served from the prefix cache.",
-    ),
-    "blocks_in_use": ("llm_kv_blocks_in_use", "gauge", "KV cache blocks in use."),
-    "blocks_total": ("llm_kv_blocks_total", "gauge", "KV cache blocks in all."),
-    "steps": ("llm_engine_steps_total", "counter", "Engine steps run."),
+ENGINE_GAUGES = {  # EngineStats field -> (metric name, help)
+    "queue_depth": ("llm_queue_depth", "Requests waiting for a batch slot."),
+    "running": ("llm_running_requests", "Requests in the running batch."),
+    "blocks_in_use": ("llm_kv_blocks_in_use", "KV cache blocks in use."),
+    "blocks_total": ("llm_kv_blocks_total", "KV cache blocks in all."),
+}
+ENGINE_COUNTERS = {  # EngineStats field -> (metric name without _total, help)
+    "failed": ("llm_engine_failed", "Requests ended by an engine error."),
+    "cancelled": ("llm_engine_cancelled", "Requests cancelled (disconnects)."),
+    "prefix_hits": ("llm_prefix_cache_hits", "Requests that reused cached blocks."),
+    "steps": ("llm_engine_steps", "Engine steps run."),
 }
 
 
+class _EngineCollector(Collector):
+    """The engine's gauges and counters, read from ``stats()`` at scrape time."""
+
+    def __init__(self, stats: Callable[[], EngineStats | None]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats()
+        if stats is None:
+            return
+        for key, (name, text) in ENGINE_GAUGES.items():
+            yield GaugeMetricFamily(name, text, value=getattr(stats, key))
+        for key, (name, text) in ENGINE_COUNTERS.items():
+            yield CounterMetricFamily(name, text, value=getattr(stats, key))
+
+
 class Metrics:
-    """Request counts by route and status, and a histogram of streamed time to first token.
+    """The server's metrics in a registry of their own (one per app). Thread-safe."""
 
-    Safe to update from any thread.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: Counter[tuple[str, int]] = Counter()
-        self.ttft_buckets = [0] * len(TTFT_BUCKETS)
-        self.ttft_count = 0
-        self.ttft_sum = 0.0
+    def __init__(self, stats: Callable[[], EngineStats | None] = lambda: None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "llm_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
+        )
+        self.ttft = Histogram(
+            "llm_time_to_first_token_seconds",
+            "Time from a request's submission to its first token, in the engine.",
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "llm_time_per_output_token_seconds",
+            "Mean time between a request's tokens after the first.",
+            buckets=TPOT_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("llm_prompt_tokens", "Prompt tokens.", registry=r)
+        self.cached_tokens = Counter(
+            "llm_prefix_cache_tokens", "Prompt tokens served from the prefix cache.", registry=r
+        )
+        self.generated_tokens = Counter("llm_generation_tokens", "Tokens generated.", registry=r)
+        self.finished = Counter(
+            "llm_request_finished",
+            "Requests finished, by finish reason.",
+            ["finish_reason"],
+            registry=r,
+        )
+        r.register(_EngineCollector(stats))
 
     def count_request(self, route: str, status: int) -> None:
-        with self._lock:
-            self.requests[route, status] += 1
+        self.requests.labels(route=route, status=str(status)).inc()
 
-    def observe_ttft(self, seconds: float) -> None:
-        """Record one request's time from arrival to its first streamed token."""
-        with self._lock:
-            self.ttft_count += 1
-            self.ttft_sum += seconds
-            for i, bound in enumerate(TTFT_BUCKETS):
-                if seconds <= bound:
-                    self.ttft_buckets[i] += 1
+    def observe(self, timing: RequestTiming) -> None:
+        """Record one finished request (the engine's observer)."""
+        if timing.time_to_first_token_s is not None:
+            self.ttft.observe(timing.time_to_first_token_s)
+        if timing.time_per_output_token_s is not None:
+            self.tpot.observe(timing.time_per_output_token_s)
+        self.prompt_tokens.inc(timing.prompt_tokens)
+        self.cached_tokens.inc(timing.cached_tokens)
+        self.generated_tokens.inc(timing.completion_tokens)
+        self.finished.labels(finish_reason=timing.finish_reason).inc()
 
-    def render(self, stats: EngineStats | None) -> str:
-        """The Prometheus text format (version 0.0.4); engine metrics only while it runs."""
-        lines = [
-            "# HELP llm_requests_total HTTP requests by route and status.",
-            "# TYPE llm_requests_total counter",
-        ]
-        with self._lock:
-            for (route, status), n in sorted(self.requests.items()):
-                lines.append(f'llm_requests_total{{route="{route}",status="{status}"}} {n}')
-            lines += [
-                "# HELP llm_time_to_first_token_seconds Arrival to first streamed token.",
-                "# TYPE llm_time_to_first_token_seconds histogram",
-            ]
-            for bound, n in zip(TTFT_BUCKETS, self.ttft_buckets, strict=True):
-                lines.append(f'llm_time_to_first_token_seconds_bucket{{le="{bound}"}} {n}')
-            lines += [
-                f'llm_time_to_first_token_seconds_bucket{{le="+Inf"}} {self.ttft_count}',
-                f"llm_time_to_first_token_seconds_sum {self.ttft_sum}",
-                f"llm_time_to_first_token_seconds_count {self.ttft_count}",
-            ]
-        if stats is not None:
-            present = {f.name for f in fields(stats)}
-            for key, (name, kind, help_text) in ENGINE_METRICS.items():
-                if key in present:
-                    lines += [
-                        f"# HELP {name} {help_text}",
-                        f"# TYPE {name} {kind}",
-                        f"{name} {getattr(stats, key)}",
-                    ]
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        """The Prometheus text exposition format."""
+        return generate_latest(self.registry)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -44,14 +43,9 @@ async def wait_all(handles: list[RequestHandle], request: Request) -> list[Compl
     return results.result() if results.done() else None
 
 
-async def merged(
-    handles: list[RequestHandle], on_first_delta: Callable[[], None] | None = None
-) -> AsyncIterator[tuple[int, str | Completion]]:
+async def merged(handles: list[RequestHandle]) -> AsyncIterator[tuple[int, str | Completion]]:
     """``(choice index, text delta or final Completion)`` from every handle, as they come.
-
-    ``on_first_delta`` is called once, before the first text delta is yielded (the time to
-    first token). Leaving early cancels every handle.
-    """
+    Leaving early cancels every handle."""
     queue: asyncio.Queue[tuple[int, str | Completion | BaseException]] = asyncio.Queue()
 
     async def pump(index: int, handle: RequestHandle) -> None:
@@ -71,20 +65,12 @@ async def merged(
                 raise item
             if isinstance(item, Completion):
                 left -= 1
-            elif on_first_delta is not None:
-                on_first_delta()
-                on_first_delta = None
             yield index, item
     finally:
         for handle in handles:
             handle.cancel()
         for task in tasks:
             task.cancel()
-
-
-def observe_ttft(server: Server, started: float) -> None:
-    """Record the time from ``started`` (``time.perf_counter``) to now as a time to first token."""
-    server.metrics.observe_ttft(time.perf_counter() - started)
 
 
 def sse(data: dict[str, Any] | str) -> str:
@@ -201,7 +187,6 @@ async def chat_events(
     prefix: str,
 ) -> AsyncIterator[str]:
     """SSE frames of a streamed chat completion, ending with ``data: [DONE]``."""
-    started = time.perf_counter()
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     head = {**base, "object": "chat.completion.chunk"}
     if include_usage:
@@ -224,7 +209,7 @@ async def chat_events(
         yield chunk(i, {"role": "assistant", "content": ""})
     done: list[Completion | None] = [None] * len(handles)
     try:
-        async for i, item in merged(handles, lambda: observe_ttft(server, started)):
+        async for i, item in merged(handles):
             if isinstance(item, str):
                 for frame in _chat_deltas(parsers[i], item, i, calls_made, with_tools, body, chunk):
                     yield frame
@@ -272,7 +257,6 @@ async def completion_events(
     base: dict[str, Any],
 ) -> AsyncIterator[str]:
     """SSE frames of a streamed text completion, ending with ``data: [DONE]``."""
-    started = time.perf_counter()
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     head = {**base, **({"usage": None} if include_usage else {})}
 
@@ -282,7 +266,7 @@ async def completion_events(
 
     done: list[Completion | None] = [None] * len(handles)
     try:
-        async for i, item in merged(handles, lambda: observe_ttft(server, started)):
+        async for i, item in merged(handles):
             if isinstance(item, str):
                 yield chunk(i, item)
                 continue

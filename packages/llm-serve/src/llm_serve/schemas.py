@@ -9,10 +9,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from llm_infer.params import field_type
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_N = 16  # choices per request: n (times the prompts of a batched completion)
-SEED_RANGE = dict(ge=-(2**63), le=2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+# The sampling fields, with llm-infer's SamplingParams' types and ranges (one table)
+Temperature = field_type("temperature")
+TopP = field_type("top_p")
+TopK = field_type("top_k")
+MinP = field_type("min_p")
+MaxTokens = field_type("max_tokens")
+MinTokens = field_type("min_tokens")
+Seed = field_type("seed")
+PresencePenalty = field_type("presence_penalty")
+FrequencyPenalty = field_type("frequency_penalty")
+RepetitionPenalty = field_type("repetition_penalty")
+IgnoreEos = field_type("ignore_eos")
+TopLogprobs = field_type("top_logprobs")
 
 
 class _Body(BaseModel):
@@ -27,24 +41,23 @@ class SamplingRequest(_Body):
     """The sampling fields shared by completions and chat completions."""
 
     model: str
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    seed: int | None = Field(None, **SEED_RANGE)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    max_tokens: MaxTokens = None
+    seed: Seed = None
+    presence_penalty: PresencePenalty | None = None
+    frequency_penalty: FrequencyPenalty | None = None
     logit_bias: dict[str, float] | None = None
     # extras beyond OpenAI's API, as vLLM and llama.cpp's server accept them
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
-    # bounded so that logits / penalty and logits * penalty stay finite
-    repetition_penalty: float | None = Field(None, ge=0.01, le=100)
-    min_tokens: int | None = Field(None, ge=0)
-    ignore_eos: bool | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    min_tokens: MinTokens | None = None
+    ignore_eos: IgnoreEos | None = None
 
 
 class CompletionRequest(SamplingRequest):
@@ -108,9 +121,9 @@ class ChatCompletionRequest(SamplingRequest):
     """``POST /v1/chat/completions``."""
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: MaxTokens = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: TopLogprobs | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True

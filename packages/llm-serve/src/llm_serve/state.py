@@ -23,7 +23,6 @@ from llm_serve.errors import APIError
 from llm_serve.metrics import Metrics
 from llm_serve.schemas import MAX_N, SamplingRequest
 
-GREEDY_BELOW = 1e-5  # a smaller temperature overflows logits / T to inf (NaN probabilities)
 SAMPLING_FIELDS = (
     "temperature",
     "top_p",
@@ -66,7 +65,7 @@ class Server:
     def __init__(self, llm: LLM, config: ServerConfig) -> None:
         self.llm = llm
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(lambda: self.engine.stats() if self.engine is not None else None)
         self.created = int(time.time())
         self.engine: Engine | None = None
         self.embed_executor: ThreadPoolExecutor | None = None
@@ -74,7 +73,12 @@ class Server:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Start the engine (and the embedding thread) for the duration of the block."""
-        engine = self.llm.engine(max_batch=self.config.max_batch, max_queue=self.config.max_queue)
+        engine = Engine(
+            self.llm,
+            max_batch=self.config.max_batch,
+            max_queue=self.config.max_queue,
+            observer=self.metrics.observe,
+        )
         self.embed_executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="llm-serve-embed"
         )
@@ -112,8 +116,7 @@ class Server:
     ) -> dict[str, Any]:
         """llm-infer sampling keywords for ``body``, validated (raises a 400 naming the field).
 
-        Without ``max_tokens``, the reply may fill the context left, within the server's cap. A
-        temperature below :data:`GREEDY_BELOW` is greedy decoding, as in vLLM.
+        Without ``max_tokens``, the reply may fill the context left, within the server's cap.
         """
         cap = self.config.max_tokens_cap
         if max_tokens is not None and max_tokens > cap:
@@ -129,17 +132,10 @@ class Server:
         params.update(
             {k: getattr(body, k) for k in SAMPLING_FIELDS if getattr(body, k) is not None}
         )
-        if params.get("temperature", 1.0) < GREEDY_BELOW:
-            params["temperature"] = 0.0
         if body.logit_bias:
-            try:
-                params["logit_bias"] = {int(k): v for k, v in body.logit_bias.items()}
-            except ValueError:
-                raise APIError(
-                    400, "logit_bias keys must be token ids (integers)", param="logit_bias"
-                ) from None
+            params["logit_bias"] = body.logit_bias  # keys parsed (and checked) by llm-infer
         with translate_errors("prompt"):
-            self.llm.sampling_params(**params)
+            params["logit_bias"] = dict(self.llm.sampling_params(**params).logit_bias)
         return params
 
     def submit(
@@ -200,10 +196,7 @@ def translate_errors(param: str, *, retry_after: int = 1) -> Iterator[None]:
     except ContextLengthError as exc:
         raise APIError(400, str(exc), param=param, code="context_length_exceeded") from None
     except SamplingError as exc:
-        name = str(exc).split(" ", 1)[0]
-        raise APIError(
-            400, str(exc), param=name if name.isidentifier() else None, code="invalid_value"
-        ) from None
+        raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
     except EngineBusyError as exc:
         raise APIError(
             503, str(exc), code="server_busy", headers={"Retry-After": str(retry_after)}

@@ -25,8 +25,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import torch
 from llm_core import Transformer, load_model
+from llm_infer import LLM
 from llm_tokenizer import Tokenizer
 
 SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
@@ -141,25 +141,14 @@ SAMPLE_QUESTIONS = (
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
-@torch.no_grad()
 def answer(
     model: Transformer, tokenizer: Tokenizer, question: str, max_new_tokens: int = 60
 ) -> str:
-    """The model's greedy answer to ``question``, rendered with the chat template."""
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True
-    )
-    ids = tokenizer.encode(prompt)
-    cache = model.new_cache(1, capacity=len(ids) + max_new_tokens)
-    logits = model.prefill(torch.tensor([ids]), cache)  # (1, V)
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        token = int(logits.argmax(-1))
-        if token in tokenizer.eos_token_ids:
-            break
-        out.append(token)
-        logits = model(torch.tensor([[token]]), cache)[:, -1]  # (1, V)
-    return tokenizer.decode(out).strip()
+    """The model's greedy answer to ``question``, rendered with the chat template (through
+    llm-infer's generation core, as ``llm-infer`` and ``make chat`` run it)."""
+    llm = LLM(model, tokenizer, compile=False)
+    messages = [{"role": "user", "content": question}]
+    return llm.chat(messages, temperature=0, max_tokens=max_new_tokens).text.strip()
 
 
 def write_card(

@@ -1,21 +1,137 @@
-"""One request's decoding state: picks tokens from logits, turns them into text, decides when to stop.
+"""The generation core: prefill, one decode step, and the per-request :class:`Generation`.
 
-Shared by :class:`~llm_infer.llm.LLM`, :class:`~llm_infer.session.Session` and the
-:class:`~llm_infer.engine.Engine`, so every front end samples, streams and stops the same way.
+Every front end generates through these few functions, in the manner of gpt-fast:
+:func:`prefill` runs a prompt into a cache, a :class:`DecodeStep` runs one token per row (the
+one hot function: compiled where that is faster), :class:`Generation` picks each token from
+the logits, turns tokens into text and decides when to stop, and :func:`run` strings them
+together for one sequence. :class:`~llm_infer.llm.LLM` (one request),
+:class:`~llm_infer.session.Session` (a conversation holding its cache) and the
+:class:`~llm_infer.engine.Engine`'s runner (a batch) are thin callers, so every front end
+samples, streams and stops the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
-from llm_infer.protocols import Tokenizer
+from llm_infer.compiled import CompiledDecoder
+from llm_infer.protocols import CausalLM, Tokenizer
 from llm_infer.sampling import SamplingParams, argmax, process_logits
 
 FinishReason = Literal["stop", "length", "cancelled"]
+PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the activations of a long prompt
+# Below this many parameters a model decodes eagerly by default: its steps take about a
+# millisecond already, and a compilation (tens of seconds on a few cores) would not pay back
+# in an interactive session. The llama-125m shape and SmolLM2-135M compile.
+COMPILE_MIN_PARAMETERS = 20_000_000
+
+log = logging.getLogger("llm_infer")
+
+
+def prefill(
+    model: CausalLM,
+    tokens: torch.Tensor,
+    cache: Any,
+    positions: torch.Tensor,
+    chunk: int = PREFILL_CHUNK,
+) -> torch.Tensor:
+    """Run ``tokens`` (``[B, T]``) at ``positions`` (``[B, T]``) into ``cache``, ``chunk``
+    tokens per forward; return the logits of the last position ``[B, V]``."""
+    for start in range(0, tokens.shape[1], chunk):
+        part = slice(start, start + chunk)
+        logits = model.forward(
+            tokens[:, part], cache, positions[:, part], logits_to_keep=1
+        )  # (B, 1, V)
+    return logits[:, -1]  # (B, V)
+
+
+def decode_step(
+    model: CausalLM, token: torch.Tensor, cache: Any, position: torch.Tensor
+) -> torch.Tensor:
+    """One eager decode step: ``token`` and ``position`` ``[B, 1]`` in, next-token logits
+    ``[B, V]`` out."""
+    return model.forward(token, cache, position)[:, -1]  # (B, V)
+
+
+def compiles_by_default(model: CausalLM) -> bool:
+    """Whether a :class:`DecodeStep` compiles when not told: a model of at least
+    :data:`COMPILE_MIN_PARAMETERS` parameters (measured faster than the eager step on CPU
+    float32 for the llama-125m shape, see docs/benchmarks.md)."""
+    parameters = getattr(model, "parameters", None)
+    if parameters is None:
+        return False
+    return sum(p.numel() for p in parameters()) >= COMPILE_MIN_PARAMETERS
+
+
+class DecodeStep:
+    """``step(token, position, cache) -> logits [B, V]``: one token per row, through the
+    compiled step (a :class:`~llm_infer.compiled.CompiledDecoder`) on a static cache when
+    ``compile`` is on (``None``: :func:`compiles_by_default`), eagerly otherwise (other
+    caches, or ``compile=False``).
+
+    The first compiled call (and the first for each new cache capacity) compiles, which takes
+    tens of seconds on a few CPU cores; it is announced on the ``llm_infer`` logger (INFO) so
+    that front ends can say so instead of waiting silently.
+    """
+
+    def __init__(self, model: CausalLM, *, compile: bool | None = None) -> None:
+        self.model = model
+        if compile is None:
+            compile = compiles_by_default(model)
+        self.compiled = CompiledDecoder(model) if compile else None
+        self._announced: set[int] = set()
+
+    def __call__(self, token: torch.Tensor, position: torch.Tensor, cache: Any) -> torch.Tensor:
+        if self.compiled is None or getattr(cache, "kind", None) != "static":
+            return decode_step(self.model, token, cache, position)  # (B, V)
+        capacity = cache.capacity
+        if capacity not in self._announced:
+            self._announced.add(capacity)
+            log.info(
+                "compiling the decode step for a %d-token cache (once per size; "
+                "tens of seconds on a few CPU cores)",
+                capacity,
+            )
+        return self.compiled(token, position, cache)  # (B, V)
+
+    def reset(self) -> None:
+        """Forget the compiled step (after the model's weights changed)."""
+        if self.compiled is not None:
+            self.compiled.reset()
+            self._announced.clear()
+
+
+def run(
+    model: CausalLM, cache: Any, generation: Generation, start: int, step: DecodeStep
+) -> Iterator[str]:
+    """Prefill ``generation``'s prompt at positions ``start..`` into ``cache``, then decode one
+    token at a time through ``step`` until the generation finishes.
+
+    Yields the text each sampled token completes (maybe ""), one item per token. The last
+    sampled token is not fed: its KV is not in ``cache``, and the next turn of a conversation
+    starts with it.
+    """
+    ids = generation.prompt_ids
+    n = len(ids)
+    device = model.device
+    tokens = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+    positions = torch.arange(start, start + n, device=device).unsqueeze(0)  # (1, T)
+    logits = prefill(model, tokens, cache, positions)  # (1, V)
+    yield generation.step(logits[0])
+    token_in = torch.empty(1, 1, dtype=torch.long, device=device)  # (1, 1), reused every step
+    position_in = torch.empty(1, 1, dtype=torch.long, device=device)  # (1, 1)
+    position = start + n
+    while not generation.finished:
+        token_in.fill_(generation.token_ids[-1])
+        position_in.fill_(position)
+        logits = step(token_in, position_in, cache)  # (1, V)
+        position += 1
+        yield generation.step(logits[0])
 
 
 @dataclass(frozen=True)
@@ -164,6 +280,10 @@ class Generation:
             values, ids = torch.topk(logp, self.params.top_logprobs)
             top = dict(zip(ids.tolist(), values.tolist(), strict=True))
         return TokenLogprob(token, float(logp[token]), top)
+
+    def step(self, logits: torch.Tensor) -> str:
+        """Pick the next token from ``logits`` (``[V]``) and record it; the text it completes."""
+        return self.append(self.next_token(logits))
 
     def append(self, token: int) -> str:
         """Record the sampled ``token``; return the text it completes (maybe "")."""

@@ -1,0 +1,52 @@
+"""The engine's model runner: one :class:`~llm_infer.engine.scheduler.Plan` through the model
+on the paged cache, with the generation core's :func:`~llm_infer.generate.prefill` and
+:func:`~llm_infer.generate.decode_step`. Tensors only: no bookkeeping."""
+
+from __future__ import annotations
+
+import torch
+
+from llm_infer.engine.scheduler import Plan, Request
+from llm_infer.generate import Generation, decode_step, prefill
+from llm_infer.paged import BlockPool, PagedKVCache
+from llm_infer.protocols import CausalLM
+
+
+class ModelRunner:
+    """Runs a plan's prompt chunks (one forward each) and its decode rows (one batched
+    forward), and samples each request that reached a new token."""
+
+    def __init__(self, model: CausalLM, pool: BlockPool) -> None:
+        self.model = model
+        self.pool = pool
+
+    @torch.inference_mode()
+    def execute(self, plan: Plan) -> list[tuple[Request, str | Exception]]:
+        """The text each sampled token completes, or the error its sampling raised (which
+        fails that request alone), per request that sampled."""
+        model, device = self.model, self.model.device
+        sampled: list[tuple[Request, str | Exception]] = []
+        for request, start, end in plan.prefills:
+            cache = PagedKVCache(self.pool, [request.blocks], [start])
+            tokens = torch.tensor([request.prompt[start:end]], device=device)  # (1, t)
+            positions = torch.arange(start, end, device=device).unsqueeze(0)  # (1, t)
+            logits = prefill(model, tokens, cache, positions, chunk=end - start)  # (1, V)
+            if end == len(request.prompt):
+                sampled.append((request, _sample(request.generation, logits[0])))
+        if plan.decodes:
+            rows = plan.decodes
+            cache = PagedKVCache(self.pool, [r.blocks for r in rows], [r.computed for r in rows])
+            tokens = torch.tensor([[r.tokens[r.computed]] for r in rows], device=device)  # (B, 1)
+            positions = torch.tensor([[r.computed] for r in rows], device=device)  # (B, 1)
+            logits = decode_step(model, tokens, cache, positions)  # (B, V)
+            for row, request in enumerate(rows):
+                sampled.append((request, _sample(request.generation, logits[row])))
+        return sampled
+
+
+def _sample(generation: Generation, logits: torch.Tensor) -> str | Exception:
+    """The text of the next token, or the error that sampling it raised."""
+    try:
+        return generation.step(logits)
+    except Exception as exc:
+        return exc
