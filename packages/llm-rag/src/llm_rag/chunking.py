@@ -50,7 +50,7 @@ class Chunker:
     the head of the next. Raises ``ValueError`` on bad sizes.
     """
 
-    def __init__(self, size: int = 800, overlap: int = 100, *, tokenizer: Tokenizer | None = None):
+    def __init__(self, size: int = 400, overlap: int = 50, *, tokenizer: Tokenizer | None = None):
         if size < 1 or not 0 <= overlap < size:
             raise ValueError(
                 f"chunks need size >= 1 and 0 <= overlap < size, got {size}, {overlap}"

@@ -20,7 +20,6 @@ from llm_rag.bm25 import tokenize
 from llm_rag.index import normalize
 
 DEFAULT_SPEC = "hash:1024"
-TRIGRAM_WEIGHT = 0.5  # character trigrams let "joins" meet "join"; words count double
 
 
 class HashingEmbedder:
@@ -46,12 +45,11 @@ class HashingEmbedder:
     def _word_features(self, word: str) -> tuple[np.ndarray, np.ndarray]:
         padded = f"<{word}>"
         grams = [padded[i : i + 3] for i in range(len(padded) - 2)] if len(word) > 2 else []
-        features = [f"w:{word}", *(f"c:{g}" for g in grams)]
-        weights = [1.0, *([TRIGRAM_WEIGHT] * len(grams))]
+        features = [f"w:{word}", *(f"c:{g}" for g in grams)]  # trigrams: "joins" meets "join"
         hashes = [zlib.crc32(f.encode()) for f in features]
         index = np.array([h % self._dim for h in hashes], dtype=np.int64)
         sign = np.array([1.0 if (h // self._dim) & 1 else -1.0 for h in hashes])
-        return index, sign * np.array(weights)
+        return index, sign
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """``[len(texts), dim]`` float32 unit vectors (a text with no words maps to zeros)."""
