@@ -1,0 +1,65 @@
+"""``/rag DIR``: answer from documents. DIR is an index written by ``llm-rag index`` (opened)
+or a folder of documents (indexed in memory). Each following question is sent with the
+passages that best answer it, numbered, and the sources the answer cites are shown under it.
+
+Needs llm-rag (``pip install 'llm-repl[rag]'``), which imports no torch.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+CITATION = re.compile(r"\[(\d+)\]")
+
+
+class RagError(Exception):
+    """/rag could not open or index DIR; the message says why in one line."""
+
+
+class Rag:
+    """A retriever the REPL asks before each question; ``k`` passages a question."""
+
+    def __init__(self, retriever: Any, directory: Path, summary: str, k: int = 5) -> None:
+        self.retriever, self.directory, self.summary, self.k = retriever, directory, summary, k
+
+    @classmethod
+    def open(cls, directory: str | Path) -> Rag:
+        """Open the index in ``directory``, or index the documents under it (in memory).
+
+        Raises :class:`RagError` when llm-rag is not installed, the directory does not exist,
+        or it holds nothing that can be indexed (the message counts what was skipped).
+        """
+        try:
+            import llm_rag
+        except ImportError:
+            raise RagError("/rag needs llm-rag: pip install 'llm-repl[rag]'") from None
+        path = Path(directory).expanduser()
+        try:
+            if (path / "manifest.json").is_file():
+                retriever = llm_rag.Retriever.load(path)
+                return cls(retriever, path, f"opened the index {path} ({len(retriever)} passages)")
+            retriever = llm_rag.Retriever()
+            report = retriever.add_files([path])
+        except (llm_rag.RagError, ValueError, OSError) as exc:
+            raise RagError(str(exc)) from None
+        return cls(retriever, path, f"indexed {path}: {report.summary()}")
+
+    def prompt(self, question: str) -> tuple[str, list[Any]]:
+        """The prompt to send for ``question`` (numbered passages, then the question) and the hits."""
+        from llm_rag import build_prompt
+
+        hits = self.retriever.query(question, self.k)
+        return build_prompt(question, hits), hits
+
+
+def sources(answer: str, hits: list[Any]) -> list[str]:
+    """Lines for the sources ``answer`` cites (``[n] path:start-end``); all of them, marked as
+    given rather than cited, when it cites none."""
+    from llm_rag.retriever import cite
+
+    cited = sorted({int(n) for n in CITATION.findall(answer) if 1 <= int(n) <= len(hits)})
+    if cited:
+        return ["Sources:", *(cite(n, hits[n - 1].chunk) for n in cited)]
+    return ["Sources given (none cited):", *(cite(n, h.chunk) for n, h in enumerate(hits, 1))]
