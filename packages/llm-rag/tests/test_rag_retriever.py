@@ -175,3 +175,18 @@ def test_stdlib_docstring_retrieval_quality():
         print(f"{mode}: top-3 {share:.3f}; missed {missed}")
     assert figures["hybrid"] >= 0.90, figures
     assert figures["dense"] >= 0.80 and figures["bm25"] >= 0.80, figures
+
+
+def test_save_never_replaces_a_folder_of_other_files(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.md").write_text("mine")
+    retriever = Retriever(HashingEmbedder(64))
+    retriever.add_texts(["words"])
+    with pytest.raises(RagError, match="exists and is not an llm-rag manifest; refusing"):
+        retriever.save(tmp_path / "docs")
+    assert (tmp_path / "docs" / "notes.md").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs"]
+    (tmp_path / "empty").mkdir()
+    retriever.save(tmp_path / "empty")  # an empty folder is fine, and so is an index
+    retriever.save(tmp_path / "empty")
+    assert len(Retriever.load(tmp_path / "empty")) == 1

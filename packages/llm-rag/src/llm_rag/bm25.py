@@ -112,7 +112,7 @@ class BM25Index:
 
     def save(self, directory: str | Path) -> None:
         """Write the index atomically: a header and ``docs.jsonl`` (one document's term counts a line)."""
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, "bm25") as tmp:
             with open(tmp / "docs.jsonl", "w", encoding="utf-8") as f:
                 for id_, counts in self._docs.items():
                     f.write(json.dumps([id_, counts], ensure_ascii=False) + "\n")

@@ -137,7 +137,7 @@ class FlatIndex:
 
     def save(self, directory: str | Path) -> None:
         """Write the index to ``directory`` atomically (header, ``vectors.npy``, ``ids.npy``)."""
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, "index") as tmp:
             np.save(tmp / "vectors.npy", self._vectors)
             np.save(tmp / "ids.npy", self._ids)
             write_header(tmp, "index", kind=self.kind, dim=self._dim, next_id=self._next_id)
@@ -258,7 +258,7 @@ class HNSWIndex:
 
     def save(self, directory: str | Path) -> None:
         """Write the index to ``directory`` atomically (header, ``graph.bin``, ``ids.npy``)."""
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, "index") as tmp:
             self._graph.save_index(str(tmp / "graph.bin"))
             np.save(tmp / "ids.npy", self.ids())
             write_header(

@@ -11,21 +11,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llm_rag.errors import IndexFormatError
+from llm_rag.errors import IndexFormatError, RagError
 
 FORMAT_VERSION = 1  # bump on any change a reader of the previous version cannot read
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | Path) -> Iterator[Path]:
+def atomic_directory(target: str | Path, name: str) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``target``; on success it replaces ``target``.
 
     Files written into it are fsynced, then it is renamed into place (an existing ``target``
     is moved aside first and removed after), so a reader sees the old directory or the new
     one, never half of either. On an exception the temporary directory is removed and
-    ``target`` is left as it was.
+    ``target`` is left as it was. ``name`` is the header the directory holds
+    (:func:`write_header`): an existing ``target`` is replaced only when it is empty or holds
+    that header, so a folder of someone's files is never overwritten; otherwise
+    :class:`RagError` is raised before anything is written.
     """
     target = Path(target)
+    if target.exists() and not (
+        (target.is_dir() and not any(target.iterdir())) or (target / f"{name}.json").is_file()
+    ):
+        raise RagError(f"{target}: exists and is not an llm-rag {name}; refusing to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

@@ -218,7 +218,7 @@ class Retriever:
         The embedder is recorded by its ``spec`` (``hash:1024``, ``core:SRC``), so
         :meth:`load` can rebuild it; an embedder without one must be passed to :meth:`load`.
         """
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, "manifest") as tmp:
             self.index.save(tmp / "dense")
             self.bm25.save(tmp / "bm25")
             with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as f:
