@@ -113,3 +113,15 @@ def test_answer_with_the_demo_model(docs, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert f"Sources:\n[1] {docs / 'tea.md'}:0-" in printed
+
+
+def test_large_files_are_announced_as_streamed(docs, tmp_path, capsys, monkeypatch):
+    import llm_rag.cli
+
+    monkeypatch.setattr(
+        llm_rag.cli, "LARGE_FILE", 50
+    )  # bytes: tea.md (79 B) is large, bikes (43) not
+    assert main(["index", str(docs), "--out", str(tmp_path / "ix"), "--embedder", "hash:64"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{docs / 'tea.md'}: 0.0 MB, streamed in blocks" in printed
+    assert f"{docs / 'bikes.txt'}: " not in printed
