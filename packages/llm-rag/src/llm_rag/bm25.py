@@ -41,7 +41,7 @@ class BM25Index:
         if k1 < 0 or not 0 <= b <= 1:
             raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         self.k1, self.b = k1, b
-        self._docs: dict[int, Counter[str]] = {}
+        self._docs: dict[int, tuple[str, ...]] = {}  # id -> its distinct terms (tf in postings)
         self._lengths: dict[int, int] = {}
         self._postings: dict[str, dict[int, int]] = defaultdict(dict)
         self._total_length = 0
@@ -64,7 +64,7 @@ class BM25Index:
             self._add_counts(id_, Counter(tokenize(text)))
 
     def _add_counts(self, id_: int, counts: Counter[str]) -> None:
-        self._docs[id_] = counts
+        self._docs[id_] = tuple(counts)
         length = sum(counts.values())
         self._lengths[id_] = length
         self._total_length += length
@@ -114,7 +114,8 @@ class BM25Index:
         """Write the index atomically: a header and ``docs.jsonl`` (one document's term counts a line)."""
         with atomic_directory(directory, "bm25") as tmp:
             with open(tmp / "docs.jsonl", "w", encoding="utf-8") as f:
-                for id_, counts in self._docs.items():
+                for id_, terms in self._docs.items():
+                    counts = {term: self._postings[term][id_] for term in terms}
                     f.write(json.dumps([id_, counts], ensure_ascii=False) + "\n")
             write_header(tmp, "bm25", k1=self.k1, b=self.b, documents=len(self._docs))
 
