@@ -114,8 +114,6 @@ class Retriever:
         report = LoadReport()
         for path in find_files(paths):
             reason = classify(path)
-            if reason is None and path.stat().st_size == 0:
-                reason = "empty"
             if reason is not None:
                 report.skipped[reason].append(str(path))
                 if progress:
