@@ -250,15 +250,15 @@ class Repl:
             if arg == "off":
                 self.rag = None
             state = f"answering from {self.rag.directory}" if self.rag else "off"
-            self.console.print(f"[dim]/rag: {state} (/rag DIR answers from DIR)[/dim]")
+            self.console.print(Text(f"/rag: {state} (/rag DIR answers from DIR)", style="dim"))
             return True
         try:
-            with self.console.status(f"indexing {arg}"):
+            with self.console.status(Text(f"indexing {arg}")):
                 self.rag = await asyncio.to_thread(Rag.open, arg)
         except RagError as exc:
-            self.console.print(f"[red]{exc}[/red]")
+            self.console.print(Text(str(exc), style="red"))
             return True
-        self.console.print(f"[dim]{self.rag.summary}; questions are answered from it[/dim]")
+        self.console.print(Text(f"{self.rag.summary}; questions are answered from it", style="dim"))
         return True
 
     async def cmd_tools(self, arg: str) -> bool:
