@@ -68,8 +68,9 @@ class FlatIndex:
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         self._dim = dim
-        self._vectors = np.zeros((0, dim), dtype=np.float32)  # (n, d), unit rows
-        self._ids = np.zeros(0, dtype=np.int64)  # (n,)
+        self._store = np.zeros((0, dim), dtype=np.float32)  # (capacity, d): unit rows, then room
+        self._store_ids = np.zeros(0, dtype=np.int64)  # (capacity,)
+        self._n = 0
         self._id_set: set[int] = set()
         self._next_id = 0
 
@@ -77,8 +78,19 @@ class FlatIndex:
     def dim(self) -> int:
         return self._dim
 
+    @property
+    def _vectors(self) -> np.ndarray:
+        return self._store[: self._n]  # (n, d)
+
+    @property
+    def _ids(self) -> np.ndarray:
+        return self._store_ids[: self._n]  # (n,)
+
+    def _set(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self._store, self._store_ids, self._n = vectors, ids, len(ids)
+
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._n
 
     def __contains__(self, id_: int) -> bool:
         return int(id_) in self._id_set
@@ -94,8 +106,17 @@ class FlatIndex:
         """
         vectors = check_vectors(vectors, self._dim)
         ids = _check_ids(ids, len(vectors), self._next_id, self.__contains__)
-        self._vectors = np.concatenate([self._vectors, normalize(vectors)])  # (n + m, d)
-        self._ids = np.concatenate([self._ids, ids])
+        end = self._n + len(ids)
+        if end > len(self._store_ids):  # grow by doubling: adds in small batches stay linear
+            capacity = max(end, 2 * len(self._store_ids), 1024)
+            store = np.zeros((capacity, self._dim), dtype=np.float32)  # (capacity, d)
+            store[: self._n] = self._vectors
+            store_ids = np.zeros(capacity, dtype=np.int64)
+            store_ids[: self._n] = self._ids
+            self._store, self._store_ids = store, store_ids
+        self._store[self._n : end] = normalize(vectors)
+        self._store_ids[self._n : end] = ids
+        self._n = end
         self._id_set.update(int(i) for i in ids)
         if len(ids):
             self._next_id = max(self._next_id, int(ids.max()) + 1)
@@ -132,7 +153,7 @@ class FlatIndex:
         if missing:
             raise KeyError(f"ids not in the index: {missing[:5]}")
         keep = ~np.isin(self._ids, ids)
-        self._vectors, self._ids = self._vectors[keep], self._ids[keep]
+        self._set(self._vectors[keep], self._ids[keep])
         self._id_set.difference_update(int(i) for i in ids)
 
     def save(self, directory: str | Path) -> None:
@@ -155,7 +176,7 @@ class FlatIndex:
             raise IndexFormatError(
                 f"{directory}: vectors {vectors.shape} do not match {len(ids)} ids"
             )
-        index._vectors, index._ids = vectors.astype(np.float32), ids.astype(np.int64)
+        index._set(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
         index._id_set = {int(i) for i in ids}
         index._next_id = int(header["next_id"])
         return index
