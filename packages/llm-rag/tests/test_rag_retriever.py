@@ -190,3 +190,17 @@ def test_save_never_replaces_a_folder_of_other_files(tmp_path):
     retriever.save(tmp_path / "empty")  # an empty folder is fine, and so is an index
     retriever.save(tmp_path / "empty")
     assert len(Retriever.load(tmp_path / "empty")) == 1
+
+
+def test_source_lines_show_what_the_answer_cites():
+    from llm_rag import Chunk, Hit
+    from llm_rag.retriever import source_lines
+
+    hits = [Hit(i, Chunk(f"text {i}", f"doc{i}.md", 0, 6), 1.0) for i in range(3)]
+    assert source_lines("Both [3] and [1] say so; [9] is not a source.", hits) == [
+        "Sources:",
+        "[1] doc0.md:0-6",
+        "[3] doc2.md:0-6",
+    ]
+    assert source_lines("No citations.", hits)[0] == "Sources given (none cited):"
+    assert len(source_lines("No citations.", hits)) == 4

@@ -18,7 +18,7 @@ from llm_rag.embedders import DEFAULT_SPEC, load_embedder
 from llm_rag.errors import RagError
 from llm_rag.index import make_index
 from llm_rag.loading import find_files
-from llm_rag.retriever import MODES, Retriever, cite
+from llm_rag.retriever import MODES, Retriever, cite, source_lines
 
 LARGE_FILE = 10_000_000  # bytes: files from this size up are announced as streamed
 
@@ -153,9 +153,7 @@ def cmd_query(args: argparse.Namespace, console: Console) -> int:
     if text is not None:
         console.print(escape(text.strip()))
         console.print()
-        console.print("Sources:", style="bold")
-        for n, hit in enumerate(hits, 1):
-            console.print(escape(cite(n, hit.chunk)))
+        console.print(escape("\n".join(source_lines(text, hits))), highlight=False)
         return 0
     for n, hit in enumerate(hits, 1):
         console.print(f"[bold]{escape(cite(n, hit.chunk))}[/bold]  score {hit.score:.4f}")

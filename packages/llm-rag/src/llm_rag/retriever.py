@@ -14,6 +14,7 @@ written atomically as a whole (see :func:`llm_rag.persist.atomic_directory`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from llm_rag.persist import atomic_directory, read_header, write_header
 from llm_rag.protocols import Embedder, Index
 
 MODES = ("hybrid", "dense", "bm25")
+CITATION = re.compile(r"\[(\d+)\]")  # [n] in an answer
 BATCH = 64  # chunks embedded and indexed at a time
 CANDIDATES = 50  # each ranking's depth before fusion (at least 4 k)
 
@@ -308,6 +310,15 @@ PROMPT_HEADER = (
 def cite(n: int, chunk: Chunk) -> str:
     """``[n] source:start-end``, the line a citation refers to."""
     return f"[{n}] {chunk.source}:{chunk.start}-{chunk.end}"
+
+
+def source_lines(answer: str, hits: Sequence[Hit]) -> list[str]:
+    """Lines to print under ``answer``: ``Sources:`` and the ``[n] source:start-end`` it cites;
+    when it cites none, every passage it was given, headed ``Sources given (none cited):``."""
+    cited = sorted({int(n) for n in CITATION.findall(answer) if 1 <= int(n) <= len(hits)})
+    if cited:
+        return ["Sources:", *(cite(n, hits[n - 1].chunk) for n in cited)]
+    return ["Sources given (none cited):", *(cite(n, h.chunk) for n, h in enumerate(hits, 1))]
 
 
 def build_prompt(question: str, chunks: Sequence[Chunk | Hit]) -> str:

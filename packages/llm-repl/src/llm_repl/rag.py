@@ -7,11 +7,8 @@ Needs llm-rag (``pip install 'llm-repl[rag]'``), which imports no torch.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
-
-CITATION = re.compile(r"\[(\d+)\]")
 
 
 class RagError(Exception):
@@ -57,9 +54,6 @@ class Rag:
 def sources(answer: str, hits: list[Any]) -> list[str]:
     """Lines for the sources ``answer`` cites (``[n] path:start-end``); all of them, marked as
     given rather than cited, when it cites none."""
-    from llm_rag.retriever import cite
+    from llm_rag.retriever import source_lines
 
-    cited = sorted({int(n) for n in CITATION.findall(answer) if 1 <= int(n) <= len(hits)})
-    if cited:
-        return ["Sources:", *(cite(n, hits[n - 1].chunk) for n in cited)]
-    return ["Sources given (none cited):", *(cite(n, h.chunk) for n, h in enumerate(hits, 1))]
+    return source_lines(answer, hits)
