@@ -24,7 +24,9 @@ def test_rag_folder_answers_with_sources(fake_server, tmp_path):
     assert f"[1] {docs / 'tea.md'}:0-47\nGreen tea steeps" in sent
     assert sent.endswith("Question: how long does green tea steep?")
     assert f"Sources:\n[1] {docs / 'tea.md'}:0-47" in text  # the echoed reply cites [1]
-    assert fake_server.requests[1]["messages"][-1]["content"] == "plain question"  # /rag off
+    second = fake_server.requests[1]["messages"]
+    assert second[-1]["content"] == "plain question"  # /rag off
+    assert second[0]["content"] == "how long does green tea steep?"  # passages not kept
 
 
 def test_rag_opens_a_saved_index(fake_server, tmp_path):

@@ -128,9 +128,10 @@ class Repl:
         """Stream the reply to ``text``; Ctrl-C stops it and keeps what was said so far.
 
         Under ``/rag`` the question goes with the passages that answer it, and the sources
-        the reply cites are printed under it.
+        the reply cites are printed under it; the history then keeps the bare question, so
+        passages do not pile up in the context turn after turn.
         """
-        hits = None
+        question, hits = text, None
         if self.rag is not None:
             text, hits = self.rag.prompt(text)
         self.conversation.messages.append({"role": "user", "content": text})
@@ -153,6 +154,7 @@ class Repl:
         self.conversation.messages.append({"role": "assistant", "content": reply})
         if hits:
             self.console.print(Text("\n".join(sources(reply, hits)), style="dim"))
+            self.conversation.messages[-2]["content"] = question
         return reply
 
     async def _stream_reply(self) -> str:
