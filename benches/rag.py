@@ -2,7 +2,8 @@
 retrieval quality of dense, BM25 and hybrid ranking on the standard library's docstrings.
 
     uv run --frozen python benches/rag.py [--n 100000] [--dim 384] [--queries 1000]
-        [--M 32] [--ef-construction 200] [--ef 128,256,512,1024,2048] [--threads 1] [--no-quality]
+        [--M 32] [--ef-construction 200] [--ef 128,256,512,1024,2048] [--threads 1]
+        [--no-quality] [--embedder hash:1024|core:demo]
 
 Vectors: standard normal, seed 0 (random vectors are HNSW's hardest case: no clusters).
 Ground truth is llm-rag's FlatIndex (exact cosine, checked against numpy in the tests). Build
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from llm_rag import FlatIndex, HashingEmbedder, HNSWIndex, Retriever
+from llm_rag import FlatIndex, HNSWIndex, Retriever, load_embedder
 from llm_rag.evaluation import QUESTIONS, hits_at, stdlib_corpus
 
 
@@ -44,6 +45,9 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="hnswlib threads (build and search)")
     parser.add_argument("--no-quality", action="store_true", help="skip the docstring quality run")
+    parser.add_argument(
+        "--embedder", default="hash:1024", help="dense side of the quality run ('core:demo', ...)"
+    )
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -93,7 +97,7 @@ def main() -> None:
     quality = {}
     if not args.no_quality:
         corpus = stdlib_corpus()
-        retriever = Retriever(HashingEmbedder(1024), index_spec="HNSW32")
+        retriever = Retriever(load_embedder(args.embedder), index_spec="HNSW32")
         retriever.add_texts(list(corpus.values()), list(corpus))
         for mode in ("hybrid", "dense", "bm25"):
             share, _ = hits_at(
@@ -101,7 +105,8 @@ def main() -> None:
             )
             quality[mode] = round(share, 4)
         print(
-            f"stdlib docstrings ({len(corpus)} documents, {len(QUESTIONS)} questions), right passage "
+            f"stdlib docstrings ({len(corpus)} documents, {len(QUESTIONS)} questions, dense: "
+            f"{args.embedder}), right passage "
             f"in top 3: " + ", ".join(f"{m} {v:.3f}" for m, v in quality.items())
         )
 
@@ -121,6 +126,7 @@ def main() -> None:
         "hnsw": [
             {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows
         ],
+        "quality_embedder": args.embedder,
         "quality_top3": quality,
     }
     Path(".bench").mkdir(exist_ok=True)
