@@ -1,12 +1,13 @@
 """Answering from passages with a local model: fit the passages into the model's context, ask
 it through its chat template, and return the text with the passages it was given.
 
-Needs the ``core`` extra (llm-infer, torch); imported only by ``llm-rag query --answer``.
+Loading a model needs the ``core`` extra (llm-infer, torch); :func:`fit_passages` needs
+neither and is shared with llm-repl's ``/rag``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from llm_rag.errors import RagError
@@ -28,25 +29,48 @@ def load_model(source: str) -> Any:
         raise RagError(str(exc)) from None
 
 
-def fit_passages(llm: Any, question: str, hits: Sequence[Hit], max_tokens: int) -> list[Hit]:
-    """The longest prefix of ``hits`` whose prompt leaves ``max_tokens`` free in the context.
+def fit_passages(
+    question: str,
+    hits: Sequence[Hit],
+    *,
+    count_tokens: Callable[[list[dict[str, Any]]], int],
+    context_length: int,
+    max_tokens: int,
+    history: Sequence[Mapping[str, Any]] = (),
+) -> list[Hit]:
+    """The longest prefix of ``hits`` (best first, so the lowest-ranked go first) whose prompt,
+    after ``history`` (earlier messages, system prompt first), leaves ``max_tokens`` free in a
+    context of ``context_length`` tokens. ``count_tokens(messages)`` is the prompt's length in
+    tokens, chat template included.
 
-    Raises :class:`RagError` when not even one passage fits.
+    Raises :class:`RagError` (one line) when not even one passage fits.
     """
     for n in range(len(hits), 0, -1):
-        messages = [{"role": "user", "content": build_prompt(question, hits[:n])}]
-        if len(llm.tokenizer.encode(llm.chat_prompt(messages))) + max_tokens <= llm.context_length:
+        messages = [*history, {"role": "user", "content": build_prompt(question, hits[:n])}]
+        if count_tokens(messages) + max_tokens <= context_length:
             return list(hits[:n])
     raise RagError(
-        f"the model's context ({llm.context_length} tokens) cannot hold one passage and "
-        f"{max_tokens} new tokens: index with a smaller --chunk-size or use a larger model"
+        f"the model's context ({context_length} tokens) cannot hold one passage"
+        f"{' after the conversation so far' if history else ''} and {max_tokens} new tokens: "
+        "index with a smaller --chunk-size, ask for fewer tokens, or use a larger model"
     )
+
+
+def chat_token_counter(llm: Any) -> Callable[[list[dict[str, Any]]], int]:
+    """``count_tokens`` for :func:`fit_passages` with an llm-infer ``LLM``."""
+    return lambda messages: len(llm.tokenizer.encode(llm.chat_prompt(messages)))
 
 
 def answer(
     llm: Any, question: str, hits: Sequence[Hit], *, max_tokens: int = 256, **sampling
 ) -> tuple[str, list[Hit]]:
     """The model's answer to ``question`` from ``hits`` (as many as fit), and the hits it saw."""
-    used = fit_passages(llm, question, hits, max_tokens)
+    used = fit_passages(
+        question,
+        hits,
+        count_tokens=chat_token_counter(llm),
+        context_length=llm.context_length,
+        max_tokens=max_tokens,
+    )
     messages = [{"role": "user", "content": build_prompt(question, used)}]
     return llm.chat(messages, max_tokens=max_tokens, **sampling).text, used

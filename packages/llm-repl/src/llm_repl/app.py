@@ -127,13 +127,23 @@ class Repl:
     async def answer(self, text: str) -> str | None:
         """Stream the reply to ``text``; Ctrl-C stops it and keeps what was said so far.
 
-        Under ``/rag`` the question goes with the passages that answer it, and the sources
-        the reply cites are printed under it; the history then keeps the bare question, so
+        Under ``/rag`` the question goes with the passages that answer it (as many as fit in
+        the backend's context), and the sources the reply cites are printed under it; the history then keeps the bare question, so
         passages do not pile up in the context turn after turn.
         """
         question, hits = text, None
         if self.rag is not None:
-            text, hits = self.rag.prompt(text)
+            try:
+                text, hits = await asyncio.to_thread(
+                    self.rag.prompt,
+                    text,
+                    self.backend,
+                    self.conversation.as_messages(),
+                    self.conversation.settings.get("max_tokens"),
+                )
+            except (RagError, BackendError) as exc:  # nothing is sent
+                self.console.print(Text(f"/rag: {exc}", style="red"))
+                return None
         self.conversation.messages.append({"role": "user", "content": text})
         task = asyncio.ensure_future(self._stream_reply())
         loop = asyncio.get_running_loop()

@@ -7,8 +7,13 @@ Needs llm-rag (``pip install 'llm-repl[rag]'``), which imports no torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from llm_repl.backends import estimated_budget
+
+ANSWER_TOKENS = 256  # the most tokens kept free for the reply when max_tokens is not set
 
 
 class RagError(Exception):
@@ -43,12 +48,39 @@ class Rag:
             raise RagError(str(exc)) from None
         return cls(retriever, path, f"indexed {path}: {report.summary()}")
 
-    def prompt(self, question: str) -> tuple[str, list[Any]]:
-        """The prompt to send for ``question`` (numbered passages, then the question) and the hits."""
-        from llm_rag import build_prompt
+    def prompt(
+        self,
+        question: str,
+        backend: Any = None,
+        history: Sequence[Mapping[str, Any]] = (),
+        max_tokens: int | None = None,
+    ) -> tuple[str, list[Any]]:
+        """The prompt to send for ``question`` (numbered passages, then the question) and the
+        passages in it: the best ``k`` that fit, after ``history``, in ``backend``'s context
+        (its ``context_budget()``; an estimate when it has none) with ``max_tokens`` left for
+        the reply (unset: a quarter of the context, at most :data:`ANSWER_TOKENS`); the
+        lowest-ranked are dropped first. Blocking (it may ask the server to count tokens).
+
+        Raises :class:`RagError` when not even one passage fits.
+        """
+        import llm_rag
+        from llm_rag.answer import fit_passages
 
         hits = self.retriever.query(question, self.k)
-        return build_prompt(question, hits), hits
+        budget = getattr(backend, "context_budget", None)
+        count, context = budget() if budget else estimated_budget()
+        try:
+            hits = fit_passages(
+                question,
+                hits,
+                count_tokens=count,
+                context_length=context,
+                max_tokens=max_tokens or min(ANSWER_TOKENS, context // 4),
+                history=history,
+            )
+        except llm_rag.RagError as exc:
+            raise RagError(str(exc)) from None
+        return llm_rag.build_prompt(question, hits), hits
 
 
 def sources(answer: str, hits: list[Any]) -> list[str]:
