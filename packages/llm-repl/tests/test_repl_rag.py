@@ -3,6 +3,7 @@ the cited sources under the answer; clear messages for a missing or empty folder
 
 from __future__ import annotations
 
+import pytest
 from llm_rag import HashingEmbedder, Retriever
 from llm_repl import RemoteBackend
 from llm_repl.backends import BackendError
@@ -131,3 +132,16 @@ def test_rag_fits_the_context_a_server_reports(fake_server, tmp_path):
     flat = " ".join(text.split())  # rich wraps long lines
     assert "/rag: the model's context (130 tokens) cannot hold one passage after the" in flat
     assert "and 90 new tokens: index with a smaller --chunk-size" in flat
+
+
+@pytest.mark.slow
+def test_rag_with_the_demo_model_fits_its_256_token_context(tmp_path):
+    from llm_repl import LocalBackend
+
+    backend = LocalBackend("demo")
+    keys = "/set max_tokens 16" + ENTER + f"/rag {drinks(tmp_path)}" + ENTER
+    text, repl = run_repl(backend, keys + "how do I brew it?" + ENTER)
+    assert "error" not in text and "context length exceeded" not in text
+    shown = text.split("Sources")[1]
+    assert "[1] " in shown and "[5] " not in shown  # five passages do not fit in 256 tokens
+    assert repl.conversation.messages[-1]["role"] == "assistant"
