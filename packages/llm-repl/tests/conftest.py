@@ -18,6 +18,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.requests: list[dict] = []
         self.delay = 0.0  # seconds between streamed chunks
         self.chunks = 0  # extra filler chunks after the answer (for long generations)
+        self.context: int | None = None  # set: serve /tokenize (a word a token) and enforce it
 
     @property
     def url(self) -> str:
@@ -27,6 +28,11 @@ class FakeOpenAI(ThreadingHTTPServer):
         question = body["messages"][-1]["content"]
         head = f"You said **{question}**.\n\n```python\nprint('hi')\n```\n"
         return [head[i : i + 7] for i in range(0, len(head), 7)] + [" more"] * self.chunks
+
+
+def word_tokens(messages: list[dict]) -> int:
+    """A chat prompt's length for the fake: a token a word, and 4 a message for its template."""
+    return sum(len(m["content"].split()) + 4 for m in messages)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -51,7 +57,23 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        context = self.server.context
+        if self.path == "/tokenize" and context is not None:  # like vLLM's and llm-serve's
+            count = word_tokens(body["messages"])
+            self._json(200, {"tokens": [0] * count, "count": count, "max_model_len": context})
+            return
+        if self.path != "/v1/chat/completions":
+            self._json(404, {"error": {"message": "not found"}})
+            return
         self.server.requests.append(body)
+        if context is not None and word_tokens(body["messages"]) + body.get("max_tokens", 1) > (
+            context
+        ):
+            self._json(
+                400,
+                {"error": {"message": "context length exceeded", "type": "invalid_request_error"}},
+            )
+            return
         if body.get("temperature", 0) > 1.5:
             self._json(
                 400, {"error": {"message": "temperature too hot", "type": "invalid_request_error"}}

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from llm_repl.backends import BackendError
 from llm_repl.conversation import SETTINGS, Conversation, ConversationError
+from llm_repl.rag import Rag, RagError, sources
 
 COMMANDS = {
     "/help": "this list",
@@ -31,7 +32,7 @@ COMMANDS = {
     "/save": "FILE: write the conversation as JSON",
     "/load": "FILE: read a conversation written by /save",
     "/model": "show the backend and the models it offers",
-    "/rag": "DIR: answer with an llm-rag index of DIR",
+    "/rag": "DIR: answer from the documents in DIR (or an llm-rag index); /rag off: stop",
     "/tools": "let the model use the agent's tools on a workspace",
     "/exit": "leave (Ctrl-D too)",
 }
@@ -67,6 +68,7 @@ class Repl:
         self.backend = backend
         self.console = console or Console()
         self.conversation = conversation or Conversation()
+        self.rag: Rag | None = None
         history = FileHistory(str(history_path)) if history_path else InMemoryHistory()
         if history_path:
             history_path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,25 @@ class Repl:
         return await handler(arg.strip())
 
     async def answer(self, text: str) -> str | None:
-        """Stream the reply to ``text``; Ctrl-C stops it and keeps what was said so far."""
+        """Stream the reply to ``text``; Ctrl-C stops it and keeps what was said so far.
+
+        Under ``/rag`` the question goes with the passages that answer it (as many as fit in
+        the backend's context), and the sources the reply cites are printed under it; the history then keeps the bare question, so
+        passages do not pile up in the context turn after turn.
+        """
+        question, hits = text, None
+        if self.rag is not None:
+            try:
+                text, hits = await asyncio.to_thread(
+                    self.rag.prompt,
+                    text,
+                    self.backend,
+                    self.conversation.as_messages(),
+                    self.conversation.settings.get("max_tokens"),
+                )
+            except (RagError, BackendError) as exc:  # nothing is sent
+                self.console.print(Text(f"/rag: {exc}", style="red"))
+                return None
         self.conversation.messages.append({"role": "user", "content": text})
         task = asyncio.ensure_future(self._stream_reply())
         loop = asyncio.get_running_loop()
@@ -142,6 +162,9 @@ class Repl:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGINT)
         self.conversation.messages.append({"role": "assistant", "content": reply})
+        if hits:
+            self.console.print(Text("\n".join(sources(reply, hits)), style="dim"))
+            self.conversation.messages[-2]["content"] = question
         return reply
 
     async def _stream_reply(self) -> str:
@@ -235,9 +258,19 @@ class Repl:
         return True
 
     async def cmd_rag(self, arg: str) -> bool:
-        self.console.print(
-            "[yellow]/rag is not available yet: llm-rag has no index to answer from in this version[/yellow]"
-        )
+        if arg == "off" or not arg:
+            if arg == "off":
+                self.rag = None
+            state = f"answering from {self.rag.directory}" if self.rag else "off"
+            self.console.print(Text(f"/rag: {state} (/rag DIR answers from DIR)", style="dim"))
+            return True
+        try:
+            with self.console.status(Text(f"indexing {arg}")):
+                self.rag = await asyncio.to_thread(Rag.open, arg)
+        except RagError as exc:
+            self.console.print(Text(str(exc), style="red"))
+            return True
+        self.console.print(Text(f"{self.rag.summary}; questions are answered from it", style="dim"))
         return True
 
     async def cmd_tools(self, arg: str) -> bool:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+import math
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +20,21 @@ Messages = list[dict[str, Any]]
 # The local backend's sampling where the user set none: llama.cpp's llama-cli defaults (a
 # small chat model rambles at OpenAI's plain temperature 1); /set and the flags override them.
 LOCAL_SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
+
+TokenCounter = Callable[[Messages], int]
+
+FALLBACK_CONTEXT = 4096  # tokens assumed when a server does not say (llama.cpp's usual n_ctx)
+CHARS_PER_TOKEN = 3  # a cautious estimate (English runs ~4) when nothing can count tokens
+
+
+def estimated_budget() -> tuple[TokenCounter, int]:
+    """A token count estimated from characters (plus a few per message for the chat
+    template) and :data:`FALLBACK_CONTEXT`: for servers that cannot count or say their context."""
+
+    def count(messages: Messages) -> int:
+        return sum(math.ceil(len(m.get("content") or "") / CHARS_PER_TOKEN) + 8 for m in messages)
+
+    return count, FALLBACK_CONTEXT
 
 
 class BackendError(Exception):
@@ -57,6 +73,41 @@ class RemoteBackend:
             if response.status_code != 200:
                 raise BackendError(_http_error(response.status_code, response.content))
             return [m["id"] for m in response.json().get("data", [])]
+
+    def context_budget(self) -> tuple[TokenCounter, int]:
+        """How to count a chat prompt's tokens, and the context (tokens) it must fit in.
+
+        Asks the server's ``POST /tokenize`` (vLLM, llm-serve: the chat template's exact count
+        and ``max_model_len``); a server without it gets :func:`estimated_budget`. Blocking
+        (call it off the event loop); the counter raises :class:`BackendError`.
+        """
+        url = f"{self.base_url.removesuffix('/v1')}/tokenize"
+        model = {"model": self.model} if self.model else {}
+
+        def tokenize(messages: Messages) -> tuple[int, int] | None:
+            try:
+                response = httpx.post(
+                    url,
+                    json={**model, "messages": messages},
+                    headers=self.headers,
+                    timeout=self.timeout,
+                )
+                data = response.json() if response.status_code == 200 else {}
+                return int(data["count"]), int(data["max_model_len"])
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                return None
+
+        probe = tokenize([{"role": "user", "content": "hi"}])
+        if probe is None:
+            return estimated_budget()
+
+        def count(messages: Messages) -> int:
+            got = tokenize(messages)
+            if got is None:
+                raise BackendError(f"{url} stopped counting tokens")
+            return got[0]
+
+        return count, probe[1]
 
     async def stream(self, messages: Messages, **sampling: Any) -> AsyncIterator[str]:
         """Yield the reply's text deltas. Raises :class:`BackendError`."""
@@ -136,6 +187,12 @@ class LocalBackend:
 
     async def list_models(self) -> list[str]:
         return [self.source]
+
+    def context_budget(self) -> tuple[TokenCounter, int]:
+        """How to count a chat prompt's tokens (the model's template and tokenizer), and the
+        model's context length in tokens."""
+        llm = self.llm
+        return lambda m: len(llm.tokenizer.encode(llm.chat_prompt(m))), llm.context_length
 
     async def stream(self, messages: Messages, **sampling: Any) -> AsyncIterator[str]:
         """Yield the reply's text deltas; a consumer that goes away stops the generation after
