@@ -2,6 +2,10 @@
 
 from importlib.metadata import version as _version
 
+from llm_agent.errors import AgentError, ToolError
+from llm_agent.sandbox import CommandResult
+from llm_agent.workspace import DirEntry, Workspace
+
 __version__ = _version("llm-agent")
 
-__all__ = ["__version__"]
+__all__ = ["AgentError", "CommandResult", "DirEntry", "ToolError", "Workspace", "__version__"]
