@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-from llm_agent import sandbox
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -65,10 +64,3 @@ def outside(tmp_path, ws_root) -> Outside:
     root.mkdir()
     (root / "secret.txt").write_text("top secret\n")
     return Outside(root, ws_root)
-
-
-needs_bwrap = pytest.mark.skipif(
-    sandbox.bubblewrap() is None,
-    reason="bubblewrap (bwrap) is missing or cannot make a sandbox here: "
-    "`apt-get install bubblewrap` (CI installs it)",
-)
