@@ -232,6 +232,10 @@ class Workspace:
         commands are not allowed."""
         if not command.strip():
             raise ToolError("run_command: the command is empty")
+        if timeout is not None and not timeout > 0:
+            raise ToolError(
+                f"run_command: the timeout must be a positive number of seconds, got {timeout}"
+            )
         bwrap = sandbox.bubblewrap()
         if bwrap is None:
             if not self.unconfined_commands:
