@@ -154,7 +154,7 @@ class Agent:
             running.append(asyncio.create_task(asyncio.to_thread(run_tool, self.workspace, call)))
 
         try:
-            async for delta in self.model.stream(self.messages, **sampling):
+            async for delta in self.model.stream(list(self.messages), **sampling):
                 raw.append(delta)
                 text, blocks = stream.push(delta)
                 if text:
