@@ -245,3 +245,15 @@ def test_commands_through_the_loop(ws_root, outside):
     assert slow.startswith("timed out: the command and its children were killed")
     assert loud.endswith(f"[output truncated: 1000000 bytes written, the first {64 * 1024} shown]")
     outside.check()
+
+
+def test_a_long_listing_says_how_much_it_left_out(ws_root):
+    from llm_agent.calls import ToolCall
+    from llm_agent.tools import LIST_LIMIT, run_tool
+
+    for i in range(LIST_LIMIT + 100):
+        (ws_root / "sub" / f"f{i:04d}").touch()
+    ws = Workspace(ws_root)
+    assert len(ws.list_dir("sub")) == LIST_LIMIT + 101  # the Python API returns them all
+    shown = run_tool(ws, ToolCall("list_dir", {"path": "sub"})).content.splitlines()
+    assert len(shown) == LIST_LIMIT + 1 and shown[-1] == "… 101 more entries not shown"

@@ -30,7 +30,10 @@ class OpenAIChatModel:
         model: str | None = None,
         api_key: str | None = None,
         timeout: float = 300.0,
+        http_client: Any = None,
     ) -> None:
+        """``http_client``: an ``httpx.AsyncClient`` for the ``openai`` client to use (tests
+        pass one with a mock transport)."""
         import openai
 
         base = base_url.rstrip("/")
@@ -41,6 +44,7 @@ class OpenAIChatModel:
             api_key=api_key or os.environ.get("OPENAI_API_KEY") or "unused",
             timeout=timeout,
             max_retries=0,
+            http_client=http_client,
         )
 
     async def stream(

@@ -58,6 +58,7 @@ COMMAND_TOOL = _function(
     command=("string", "The command line.", True),
     timeout=("number", "Seconds before it is killed (capped by the agent's limit).", False),
 )
+LIST_LIMIT = 500  # entries of a folder shown to the model
 _TYPES = {"string": str, "number": (int, float)}
 
 
@@ -124,14 +125,16 @@ def _dispatch(workspace: Workspace, name: str, args: Mapping[str, Any]) -> str:
         entries = workspace.list_dir(args.get("path", "."))
         if not entries:
             return "(empty folder)"
-        return "\n".join(
+        more = len(entries) - LIST_LIMIT
+        lines = "\n".join(
             f"{e.name}/"
             if e.kind == "dir"
             else f"{e.name} ({e.size} bytes)"
             if e.kind == "file"
             else f"{e.name} ({e.kind})"
-            for e in entries
+            for e in entries[:LIST_LIMIT]
         )
+        return lines + (f"\n… {more} more entries not shown" if more > 0 else "")
     result = workspace.run_command(args["command"], args.get("timeout"))
     lines = [
         "timed out: the command and its children were killed"

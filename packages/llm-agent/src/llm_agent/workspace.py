@@ -28,7 +28,6 @@ Approver = Callable[[str], bool]  # shown a command, says whether it may run
 
 READ_LIMIT = 256 * 1024  # bytes read_file returns at most
 WRITE_LIMIT = 10 * 1024 * 1024  # bytes write_file takes at most
-LIST_LIMIT = 1000  # entries list_dir returns at most
 OUTPUT_LIMIT = 64 * 1024  # bytes of a command's output kept
 COMMAND_TIMEOUT = 60.0  # seconds
 
@@ -205,7 +204,7 @@ class Workspace:
         return (*parent.relative_to(self.root).parts, name)
 
     def list_dir(self, path: str = ".") -> list[DirEntry]:
-        """The entries of the folder ``path``, sorted by name (at most ``LIST_LIMIT``).
+        """The entries of the folder ``path``, sorted by name.
 
         Raises :class:`ToolError` when it is outside the workspace or not a folder."""
         with self._dir_fd(self._parts(path)) as fd:
@@ -222,7 +221,7 @@ class Workspace:
                         kind, size = "other", 0
                     entries.append(DirEntry(entry.name, kind, size))
         entries.sort(key=lambda e: e.name)
-        return entries[:LIST_LIMIT]
+        return entries
 
     def run_command(self, command: str, timeout: float | None = None) -> CommandResult:
         """Run ``command`` with ``/bin/sh -c`` in the workspace, in the sandbox.
