@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 from llm_agent import Agent, Event, Workspace, sandbox
@@ -228,22 +229,59 @@ def test_run_command_is_offered_only_when_it_can_run(ws_root):
     assert "run_command" in names(Workspace(ws_root, approve=lambda c: True))
 
 
+def test_big_and_binary_files_and_swapped_links_through_the_loop(ws_root, outside, monkeypatch):
+    with open(ws_root / "big.bin", "wb") as f:
+        f.truncate(1 << 30)  # 1 GiB, sparse
+    (ws_root / "blob").write_bytes(b"\x7fELF\x02\x01\x00\x00")
+    ws = Workspace(ws_root)
+    check = ws.resolve
+
+    def swapped(path):  # the folder becomes a link to the outside right after the check
+        real = check(path)
+        if str(path).startswith("sub") and not (ws_root / "sub").is_symlink():
+            (ws_root / "sub" / "inner.txt").unlink()
+            (ws_root / "sub").rmdir()
+            (ws_root / "sub").symlink_to(outside.root)
+        return real
+
+    monkeypatch.setattr(ws, "resolve", swapped)
+    model = ScriptedModel(
+        call("read_file", path="big.bin")
+        + call("read_file", path="blob")
+        + call("write_file", path="sub/secret.txt", content="pwned"),
+        "no",
+    )
+    big, blob, swap = (r.content for r in run(Agent(model, ws)).calls)
+    assert big == "error: big.bin: 1.0 GiB, over the read limit of 256.0 KiB"
+    assert blob == "error: blob: a binary file (read_file reads text only)"
+    assert swap.startswith("error: sub") and "symlink" in swap  # caught by a check or the open
+    outside.check()
+
+
 @pytest.mark.skipif(
     sandbox.bubblewrap() is None,
     reason="bubblewrap (bwrap) is missing: `apt-get install bubblewrap` (CI installs it)",
 )
-def test_commands_through_the_loop(ws_root, outside):
+def test_commands_through_the_loop(ws_root, outside, tmp_path):
     model = ScriptedModel(
         call("run_command", command="echo hi > made.txt; cat made.txt")
-        + call("run_command", command="sleep 30", timeout=0.5)
-        + call("run_command", command="yes | head -c 1000000"),
+        + call("run_command", command="(sleep 1; touch late.txt) & sleep 30", timeout=0.5)
+        + call("run_command", command="head -c 100000000 /dev/zero")
+        + call("run_command", command=f"touch {outside.root}/x ../y ~/z /etc/z; echo $?"),
         "done",
     )
     result = run(Agent(model, Workspace(ws_root, allow_commands=True)))
-    made, slow, loud = (r.content for r in result.calls)
+    made, slow, loud, escape = (r.content for r in result.calls)
     assert made == "exit code: 0\nhi\n"
     assert slow.startswith("timed out: the command and its children were killed")
-    assert loud.endswith(f"[output truncated: 1000000 bytes written, the first {64 * 1024} shown]")
+    assert loud.startswith("exit code: 0\n")
+    assert loud.endswith(
+        f"[output truncated: 100000000 bytes written, the first {64 * 1024} shown]"
+    )
+    assert "Read-only file system" in escape
+    time.sleep(1.5)
+    assert not (ws_root / "late.txt").exists(), "a child outlived its command"
+    assert not (tmp_path / "y").exists()
     outside.check()
 
 
