@@ -16,8 +16,10 @@ def test_read_write_list_inside(ws_root, outside):
     assert ws.read_file(str(ws_root / "sub" / "inner.txt")) == "inner\n"  # absolute, inside
     assert ws.write_file("new/deeper/notes.txt", "héllo") == len("héllo".encode())
     assert (ws_root / "new" / "deeper" / "notes.txt").read_text() == "héllo"
+    (ws_root / "hello.txt").chmod(0o750)
     ws.write_file("hello.txt", "replaced")
     assert (ws_root / "hello.txt").read_text() == "replaced"
+    assert (ws_root / "hello.txt").stat().st_mode & 0o777 == 0o750  # the mode is kept
     names = [(e.name, e.kind) for e in ws.list_dir(".")]
     assert names == [("hello.txt", "file"), ("new", "dir"), ("sub", "dir")]
     assert [e.name for e in ws.list_dir("sub")] == ["inner.txt"]

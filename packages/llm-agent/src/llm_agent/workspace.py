@@ -175,10 +175,14 @@ class Workspace:
                 raise ToolError(_os_reason(path, exc)) from None
             try:
                 with os.fdopen(fd, "wb") as f:
+                    old = _stat(parts[-1], dfd)
+                    if old is not None and stat.S_ISREG(old.st_mode):
+                        os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode))  # keep its mode
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                if _is_dir(parts[-1], dfd):
+                old = _stat(parts[-1], dfd)
+                if old is not None and stat.S_ISDIR(old.st_mode):
                     raise ToolError(f"{path}: is a directory")
                 os.rename(tmp, parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException as exc:
@@ -290,11 +294,12 @@ def _lexical(root: Path, given: Path) -> Path:
     return Path(os.path.normpath(given if given.is_absolute() else root / given))
 
 
-def _is_dir(name: str, dfd: int) -> bool:
+def _stat(name: str, dfd: int) -> os.stat_result | None:
+    """``name`` in the folder ``dfd`` (not followed if a symlink), or None when missing."""
     try:
-        return stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+        return os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
-        return False
+        return None
 
 
 def _os_reason(path: str, exc: OSError) -> str:
