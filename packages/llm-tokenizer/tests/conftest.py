@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import glob
+import importlib.metadata
 import json
+import os
 import random
+import shutil
+import subprocess
+import sys
 import sysconfig
+import tarfile
 import zlib
 from pathlib import Path
 
@@ -177,3 +184,83 @@ def llama_normalizer() -> dict:
 @pytest.fixture(scope="session", name="llama_decoder")
 def llama_decoder_fixture() -> dict:
     return llama_decoder()
+
+
+# -- llama.cpp's own tokenizer test vocabularies (models/ggml-vocab-*.gguf + .inp/.out) -------
+
+WORKSPACE = Path(__file__).resolve().parents[3]
+
+
+def _models_dir(root: Path) -> Path | None:
+    """`root` is a llama.cpp checkout, a llama-cpp-python sdist, or a folder above one."""
+    for candidate in (root / "models", root / "vendor/llama.cpp/models"):
+        if any(candidate.glob("ggml-vocab-*.gguf")):
+            return candidate
+    found = sorted(root.glob("*/vendor/llama.cpp/models/ggml-vocab-gpt-2.gguf"))
+    return found[0].parent if found else None
+
+
+def locate_llama_cpp_models() -> tuple[Path | None, list[str]]:
+    """llama.cpp's `models/` folder: from $LLAMA_CPP_SRC, else the llama-cpp-python sdist in
+    uv's cache, else one downloaded with pip into .bench/ and unpacked. Returns the folder (or
+    None) and what was tried, for the skip reason."""
+    tried = []
+    env = os.environ.get("LLAMA_CPP_SRC")
+    if env:
+        found = _models_dir(Path(env))
+        if found:
+            return found, tried
+        tried.append(f"LLAMA_CPP_SRC={env} holds no ggml-vocab-*.gguf")
+    else:
+        tried.append("LLAMA_CPP_SRC is unset")
+    try:
+        version = importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    uv = shutil.which("uv")
+    if uv:
+        cache = subprocess.run([uv, "cache", "dir"], capture_output=True, text=True).stdout.strip()
+        pattern = f"{cache}/sdists-v*/pypi/llama-cpp-python/{version or '*'}/*/src"
+        for src in sorted(glob.glob(pattern)):
+            found = _models_dir(Path(src))
+            if found:
+                return found, tried
+        tried.append(f"no llama-cpp-python sdist in uv's cache ({pattern})")
+    else:
+        tried.append("uv is not on PATH")
+    if version is None:
+        tried.append("llama-cpp-python is not installed (its version names the sdist)")
+        return None, tried
+    bench = WORKSPACE / ".bench" / f"llama-cpp-python-{version}"
+    found = _models_dir(bench)
+    if found:
+        return found, tried
+    bench.mkdir(parents=True, exist_ok=True)
+    spec = f"llama-cpp-python=={version}"
+    for pip in ([sys.executable, "-m", "pip"], [shutil.which("uvx") or "uvx", "pip"]):
+        try:
+            done = subprocess.run(
+                [*pip, "download", "--no-deps", "--no-binary", ":all:", spec, "-d", str(bench)],
+                capture_output=True,
+                text=True,
+            )
+        except OSError:
+            done = None
+        archives = sorted(bench.glob("llama_cpp_python-*.tar.gz"))
+        if done is not None and done.returncode == 0 and archives:
+            with tarfile.open(archives[0]) as archive:
+                archive.extractall(bench, filter="data")
+            found = _models_dir(bench)
+            if found:
+                return found, tried
+        tried.append(f"{' '.join(pip[:3])} download {spec} failed")
+    return None, tried
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_models() -> Path:
+    """llama.cpp's models/ folder, or a skip that says every place that was tried."""
+    found, tried = locate_llama_cpp_models()
+    if found is None:
+        pytest.skip("llama.cpp's models/ folder not found: " + "; ".join(tried))
+    return found

@@ -9,6 +9,8 @@ from llm_tokenizer import Tokenizer
 from llm_tokenizer.gguf import BYTE, CONTROL, NORMAL, UNKNOWN
 from llm_tokenizer.patterns import LLAMA3_PATTERN
 
+pytestmark = pytest.mark.peers
+
 gguf = pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
 

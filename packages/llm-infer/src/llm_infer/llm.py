@@ -127,11 +127,19 @@ class LLM:
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of a text prompt, or the ids given, checked.
 
-        Raises ``ValueError`` for an empty prompt or an id outside the vocabulary.
+        A text prompt gets the tokenizer's BOS first when it asks for one (``add_bos_token``:
+        HF Llama-style configs, GGUF ``tokenizer.ggml.add_bos_token``), as HF
+        ``tokenizer(prompt).input_ids`` and vLLM do; text that already begins with the BOS
+        (a chat template that writes it) gets no second one. Raises ``ValueError`` for an
+        empty prompt or an id outside the vocabulary.
         """
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
         if not ids:
             raise ValueError("the prompt is empty: give at least one token")
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        wants_bos = isinstance(prompt, str) and getattr(self.tokenizer, "add_bos_token", False)
+        if wants_bos and bos is not None and ids[0] != bos:
+            ids = [bos, *ids]
         bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
         if bad is not None:
             raise ValueError(

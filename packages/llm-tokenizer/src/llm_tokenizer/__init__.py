@@ -2,8 +2,9 @@
 
 from importlib.metadata import version as _version
 
-from llm_tokenizer.errors import DisallowedSpecialTokenError, TokenizerError
+from llm_tokenizer.errors import DisallowedSpecialTokenError, TokenizerError, TokenizerWarning
 from llm_tokenizer.patterns import PATTERNS, bytes_to_unicode
+from llm_tokenizer.pretokenizers import Split
 from llm_tokenizer.streaming import IncrementalDecoder
 from llm_tokenizer.tokenizer import Tokenizer
 
@@ -13,8 +14,10 @@ __all__ = [
     "PATTERNS",
     "DisallowedSpecialTokenError",
     "IncrementalDecoder",
+    "Split",
     "Tokenizer",
     "TokenizerError",
+    "TokenizerWarning",
     "__version__",
     "bytes_to_unicode",
 ]

@@ -9,3 +9,7 @@ class TokenizerError(ValueError):
 
 class DisallowedSpecialTokenError(TokenizerError):
     """Text given to `encode` contains a special token that the caller disallowed."""
+
+
+class TokenizerWarning(UserWarning):
+    """Encoding dropped text that the vocabulary cannot spell (as HF tokenizers drops it)."""

@@ -9,9 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import regex
+
 from llm_tokenizer.errors import TokenizerError
 from llm_tokenizer.patterns import GPT2_PATTERN
-from llm_tokenizer.tokenizer import Tokenizer
+from llm_tokenizer.pretokenizers import (
+    DIGIT_PATTERN,
+    PUNCTUATION_PATTERN,
+    Split,
+    pre_tokenizer_json,
+)
+from llm_tokenizer.tokenizer import NORMALIZATIONS, Tokenizer
 
 FORMAT = "llm-tokenizer"
 FORMAT_VERSION = 1
@@ -82,6 +90,7 @@ def _to_llm_json(tokenizer: Tokenizer) -> dict[str, Any]:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         **{name: getattr(tokenizer, name) for name in _OPTIONS},
+        "pattern": pre_tokenizer_json(tokenizer.pattern),
         "special_tokens": tokenizer.special_tokens,
         **{name: sorted(getattr(tokenizer, name)) for name in _TOKEN_SETS},
         "tokens": tokenizer.tokens,
@@ -141,17 +150,48 @@ def _read_hf_config(directory: Path) -> dict[str, Any]:
     return config
 
 
+_HF_BEHAVIORS = {
+    "Isolated": "isolated",
+    "Removed": "removed",
+    "MergedWithPrevious": "merged_with_previous",
+    "MergedWithNext": "merged_with_next",
+    "Contiguous": "contiguous",
+}
+
+
+def _hf_split(step: dict[str, Any]) -> Split:
+    """Our Split for an HF pre-tokenizer step that cuts text (not ByteLevel / Metaspace)."""
+    kind = step.get("type")
+    if kind == "Split":
+        pattern = step["pattern"]
+        source = pattern["Regex"] if "Regex" in pattern else regex.escape(pattern["String"])
+        behavior = _HF_BEHAVIORS.get(step.get("behavior"))
+        if behavior is None:
+            raise TokenizerError(f"unsupported HF Split behavior {step.get('behavior')!r}")
+        return Split(source, behavior, bool(step.get("invert", False)))  # type: ignore[arg-type]
+    if kind == "Digits":
+        return Split(DIGIT_PATTERN, "isolated" if step.get("individual_digits") else "contiguous")
+    if kind == "Punctuation":
+        behavior = _HF_BEHAVIORS.get(step.get("behavior", "Isolated"))
+        if behavior is None:
+            raise TokenizerError(f"unsupported HF Punctuation behavior {step.get('behavior')!r}")
+        return Split(PUNCTUATION_PATTERN, behavior)  # type: ignore[arg-type]
+    if kind == "Whitespace":
+        return Split(r"\w+|[^\w\s]+", "removed", invert=True)
+    if kind == "WhitespaceSplit":
+        return Split(r"\s+", "removed")
+    raise TokenizerError(f"unsupported HF pre_tokenizer step {json.dumps(step)[:200]}")
+
+
 def _pre_tokenizer_options(pre: dict[str, Any] | None) -> dict[str, Any]:
-    """Our options for an HF pre_tokenizer; raises TokenizerError for what we cannot match."""
+    """Our options for an HF pre_tokenizer; raises TokenizerError for what we cannot match.
+
+    Byte-level: a ByteLevel step, alone or last in a Sequence after Split / Digits /
+    Punctuation / Whitespace steps. SentencePiece-style: Metaspace.
+    """
     if pre is None:
         return {}
     kind = pre.get("type")
-    if kind == "ByteLevel":
-        return {
-            "kind": "byte_level",
-            "pattern": GPT2_PATTERN if pre.get("use_regex", True) else None,
-            "add_prefix_space": bool(pre.get("add_prefix_space", False)),
-        }
     if kind == "Metaspace":
         if pre.get("replacement", "▁") != "▁":
             raise TokenizerError(f"unsupported Metaspace replacement {pre['replacement']!r}")
@@ -163,41 +203,62 @@ def _pre_tokenizer_options(pre: dict[str, Any] | None) -> dict[str, Any]:
             "prepend_scheme": scheme,
             "split_on_space": bool(pre.get("split", True)),
         }
-    if kind == "Sequence":
-        steps = pre.get("pretokenizers", [])
-        if (
-            len(steps) == 2
-            and steps[0].get("type") == "Split"
-            and steps[0].get("behavior") == "Isolated"
-            and not steps[0].get("invert", False)
-            and "Regex" in steps[0].get("pattern", {})
-            and steps[1].get("type") == "ByteLevel"
-            and not steps[1].get("use_regex", True)
-        ):
-            return {
-                "kind": "byte_level",
-                "pattern": steps[0]["pattern"]["Regex"],
-                "add_prefix_space": bool(steps[1].get("add_prefix_space", False)),
-            }
-    raise TokenizerError(f"unsupported HF pre_tokenizer {json.dumps(pre)[:200]}")
+    steps = pre.get("pretokenizers", []) if kind == "Sequence" else [pre]
+    if not steps or steps[-1].get("type") != "ByteLevel":
+        raise TokenizerError(
+            f"unsupported HF pre_tokenizer {json.dumps(pre)[:200]}: byte-level BPE needs a final "
+            "ByteLevel step (or Metaspace for SentencePiece-style BPE)"
+        )
+    byte_level = steps[-1]
+    splits = [_hf_split(step) for step in steps[:-1]]
+    if splits and byte_level.get("add_prefix_space", False):
+        raise TokenizerError(
+            "unsupported HF pre_tokenizer: ByteLevel with add_prefix_space after other steps "
+            "(HF then prefixes every piece with a space)"
+        )
+    if byte_level.get("use_regex", True):
+        splits.append(Split(GPT2_PATTERN))
+    return {
+        "kind": "byte_level",
+        "pattern": splits or None,
+        "add_prefix_space": bool(byte_level.get("add_prefix_space", False)),
+    }
 
 
 def _normalizer_options(normalizer: dict[str, Any] | None) -> dict[str, Any]:
-    """Our options for an HF normalizer; raises TokenizerError for what we cannot match."""
+    """Our options for an HF normalizer; raises TokenizerError for what we cannot match.
+
+    A Unicode normal form (NFC, NFD, NFKC, NFKD) first, then Llama 2's Prepend + Replace or a
+    lone Replace of spaces by "▁" (SentencePiece-style text that is not split on spaces).
+    """
     if normalizer is None:
         return {}
-    if normalizer.get("type") == "NFC":
-        return {"normalization": "NFC"}
     steps = (
         normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
     )
+    options: dict[str, Any] = {}
+    if steps and steps[0].get("type") in NORMALIZATIONS:
+        options["normalization"] = steps[0]["type"]
+        steps = steps[1:]
     kinds = [(s.get("type"), s.get("prepend"), s.get("content")) for s in steps]
     replace_space = ("Replace", None, "▁")
     if all(s.get("type") != "Replace" or s.get("pattern") == {"String": " "} for s in steps):
+        if not kinds:
+            return options
         if kinds == [("Prepend", "▁", None), replace_space]:  # Llama 2's legacy normalizer
-            return {"kind": "sentencepiece", "prepend_scheme": "legacy", "split_on_space": False}
+            return {
+                **options,
+                "kind": "sentencepiece",
+                "prepend_scheme": "legacy",
+                "split_on_space": False,
+            }
         if kinds == [replace_space]:
-            return {"kind": "sentencepiece", "prepend_scheme": "never", "split_on_space": False}
+            return {
+                **options,
+                "kind": "sentencepiece",
+                "prepend_scheme": "never",
+                "split_on_space": False,
+            }
     raise TokenizerError(f"unsupported HF normalizer {json.dumps(normalizer)[:200]}")
 
 
@@ -205,7 +266,9 @@ def _from_hf_json(data: dict[str, Any], config: dict[str, Any]) -> Tokenizer:
     model = data["model"]
     if model.get("type") != "BPE":
         raise TokenizerError(
-            f"unsupported HF model type {model.get('type')!r}; only BPE is supported"
+            f"unsupported HF model type {model.get('type')!r}; llm-tokenizer supports BPE only "
+            "(byte-level, or SentencePiece-style with byte fallback), not WordPiece, Unigram "
+            "or WordLevel"
         )
     if (
         model.get("dropout")
@@ -299,15 +362,22 @@ def _to_hf_json(tokenizer: Tokenizer) -> dict[str, Any]:
     elif tokenizer.pattern is None:
         pre_tokenizer = {**byte_level, "use_regex": False}
     else:
+        steps = (
+            (Split(tokenizer.pattern),) if isinstance(tokenizer.pattern, str) else tokenizer.pattern
+        )
+        hf_behavior = {ours: theirs for theirs, ours in _HF_BEHAVIORS.items()}
         pre_tokenizer = {
             "type": "Sequence",
             "pretokenizers": [
-                {
-                    "type": "Split",
-                    "pattern": {"Regex": tokenizer.pattern},
-                    "behavior": "Isolated",
-                    "invert": False,
-                },
+                *(
+                    {
+                        "type": "Split",
+                        "pattern": {"Regex": step.pattern},
+                        "behavior": hf_behavior[step.behavior],
+                        "invert": step.invert,
+                    }
+                    for step in steps
+                ),
                 {**byte_level, "use_regex": False},
             ],
         }
@@ -327,7 +397,7 @@ def _to_hf_json(tokenizer: Tokenizer) -> dict[str, Any]:
             }
             for t, i in sorted(tokenizer.special_tokens.items(), key=lambda item: item[1])
         ],
-        "normalizer": {"type": "NFC"} if tokenizer.normalization == "NFC" else None,
+        "normalizer": {"type": tokenizer.normalization} if tokenizer.normalization else None,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": None,
         "decoder": {

@@ -6,22 +6,244 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llm_tokenizer.errors import TokenizerError
-from llm_tokenizer.patterns import PATTERNS
+from llm_tokenizer.patterns import GPT2_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN
 from llm_tokenizer.tokenizer import Tokenizer
 
 # llama.cpp's token types (`tokenizer.ggml.token_type`).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-# `tokenizer.ggml.pre` -> our pattern name, for the pre-tokenizers whose regex we carry.
-GGUF_PRE_TOKENIZERS = {
-    "default": "gpt2",
-    "gpt-2": "gpt2",
-    "llama-bpe": "llama3",
-    "llama3": "llama3",
-    "dbrx": "llama3",
-    "smaug-bpe": "llama3",
-    "qwen2": "qwen2",
+# -- llama.cpp's named pre-tokenizers (`tokenizer.ggml.pre`) ---------------------------------
+# Each is a list of regexes applied in turn, every match and every gap between matches becoming
+# a piece (= a sequence of isolated HF Splits). Where llama.cpp rewrote a tokenizer.json regex
+# for std::regex, the original (which HF tokenizers, and the .out files, follow) is used.
+_GPT2 = GPT2_PATTERN
+_LLAMA3 = LLAMA3_PATTERN
+_QWEN2 = QWEN2_PATTERN
+_CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+_QWEN35 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3_MANY_DIGITS = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_JAIS2 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)"
+    r"|\s{8}(?!\S)|\s{4}(?!\S)|\s{1,2}(?!\S)|\s{1}"
+)
+_CASED_WORDS = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+CONTRACTIONS"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*CONTRACTIONS"
+)
+_TEKKEN = (
+    _CASED_WORDS.replace("CONTRACTIONS", "")
+    + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT4O = (
+    _CASED_WORDS.replace("CONTRACTIONS", _CONTRACTIONS + "?")
+    + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_DEEPSEEK3 = (
+    r"\p{N}{1,3}",
+    r"[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+_BLOOM = (r" ?[^(\s|.,!?\u2026\u3002\uff0c\u3001\u0964\u06d4\u060c)]+",)
+_STARCODER = (r"\p{N}", _GPT2)
+
+LLAMA_CPP_PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
+    "default": (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"),
+    **dict.fromkeys(
+        [
+            "llama3",
+            "llama-v3",
+            "llama-bpe",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+            "jina-v5-nano",
+            "dbrx",
+            "smaug-bpe",
+            "chatglm-bpe",
+            "glm4",
+            "glm5",
+        ],
+        (_LLAMA3,),
+    ),
+    "jais-2": (_JAIS2,),
+    "minicpm5": (r"\p{N}{1,3}", _LLAMA3_MANY_DIGITS),
+    "deepseek-llm": [
+        r"[\r\n]",
+        r"\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+",
+        # llama.cpp turns non-ASCII whitespace into \v before matching, so the class's U+3000
+        # (ideographic space) never matches there: it is left out here.
+        r"\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3001-\u3002]+",
+        r"\s+\Z",  # std::regex's `$` (end of the piece; Python's `$` also matches before a final \n)
+        r"[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
+        r"\p{N}+",
+    ],
+    "deepseek-coder": [
+        r"[\r\n]",
+        r"\s?\p{L}+",
+        r"\s?\p{P}+",
+        r"[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
+        r"\p{N}",
+    ],
+    **dict.fromkeys(["deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"], _DEEPSEEK3),
+    "spark2_5": [
+        r"\p{N}{1,3}",
+        r"[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+        r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+        r"| ?[\p{P}\p{S}]+|[\r\n]|\s+(?!\S)|\s+",
+        r"\p{N}",
+    ],
+    "youtu": [
+        r"[\uac00-\ud7a3\u3131-\u318e]+|[\uff01\u2026\u201c\u201d\u2018\u2019\u2014\uff1a\uff1b\uff0c\u3001-\u303f\ufe30-\ufe4f]+|[\u3105-\u312f]+|[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+        _CASED_WORDS.replace("CONTRACTIONS", _CONTRACTIONS + "?")
+        + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ],
+    "falcon": [
+        r"[\p{P}\$\+<=>\^~\|`]+",
+        _GPT2,
+        r"[0-9][0-9][0-9]",
+    ],
+    **dict.fromkeys(
+        [
+            "starcoder",
+            "refact",
+            "command-r",
+            "smollm",
+            "codeshell",
+            "exaone",
+            "minerva-7b",
+            "mellum2",
+        ],
+        _STARCODER,
+    ),
+    **dict.fromkeys(
+        [
+            "gpt-2",
+            "phi-2",
+            "jina-es",
+            "jina-de",
+            "gigachat",
+            "jina-v2-es",
+            "jina-v2-de",
+            "a.x-4.0",
+            "mellum",
+            "modern-bert",
+            "jina-v1-en",
+            "jina-v2-code",
+            "roberta-bpe",
+            "mpt",
+            "olmo",
+            "jais",
+            "trillion",
+            "granite-docling",
+            "exaone4",
+        ],
+        (_GPT2,),
+    ),
+    **dict.fromkeys(
+        [
+            "qwen2",
+            "deepseek-r1-qwen",
+            "kormo",
+            "f2llmv2",
+            "stablelm2",
+            "megrez",
+            "hunyuan",
+            "solar-open",
+            "grok-2",
+        ],
+        (_QWEN2,),
+    ),
+    "qwen35": (_QWEN35,),
+    **dict.fromkeys(["poro-chat", "bloom", "gpt3-finnish"], _BLOOM),
+    "viking": [*_BLOOM, r"\p{N}"],
+    "tekken": (_TEKKEN,),
+    "chameleon": [
+        r"<sentinel:[0-9]+>",
+        r"(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+        r"([\t\n]|    |  )",
+        r"\p{N}",
+        r"[\p{P}!-/:-@\[-`{-~]",
+        _GPT2,
+    ],
+    **dict.fromkeys(["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"], (_GPT4O,)),
+    "granite-embed-multi-97m": [  # llama.cpp's own spelling (no tokenizer.json original)
+        r"[^\r\n\p{L}\p{N}]?(?:(?=[\p{L}\p{M}])[^a-z])*(?:(?=[\p{L}\p{M}])[^A-Z])+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+        r"|[^\r\n\p{L}\p{N}]?(?:(?=[\p{L}\p{M}])[^a-z])+(?:(?=[\p{L}\p{M}])[^A-Z])*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+        r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    ],
+    **dict.fromkeys(
+        ["tiny_aya", "cohere2moe"],
+        (r"\d{1,3}(?=(?:\d{3})*\b)", _GPT4O),
+    ),
+    **dict.fromkeys(
+        ["bailingmoe", "bailingmoe2", "llada-moe"],
+        (
+            r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*"
+            r"|\s*[\r\n]|\s+(?!\S)|\s+",
+        ),
+    ),
+    "seed-coder": [
+        _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+"
+        r"|\s+(?!\S)|\s+"
+    ],
+    "ufakzeka": [
+        r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    ],
+    "laguna": [r"[^\n]+|[\n]+", _QWEN2],
+    "exaone-moe": [
+        _CONTRACTIONS
+        + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?"
+        r"|\s*[\r\n]|\s+(?!\S)|\s+"
+    ],
 }
+# Pre-tokenizers after which llama.cpp maps a piece that is itself a token straight to it
+# (HF's BPE `ignore_merges`, as the Llama 3 tokenizer.json sets).
+LLAMA_CPP_IGNORE_MERGES = frozenset(
+    ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+     "jina-v5-nano", "minicpm5", "youtu", "glm4", "glm5", "tekken", "granite-embed-multi-97m"]
+)  # fmt: skip
+# Pre-tokenizers for which llama.cpp adds BOS when `tokenizer.ggml.add_bos_token` is absent.
+LLAMA_CPP_ADD_BOS = frozenset(
+    ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+     "jina-v5-nano", "tekken", "chameleon"]
+)  # fmt: skip
+# Tokens that llama.cpp makes control tokens by their text, whatever their type says (its
+# workaround for converted models that typed them NORMAL; HF has them as special added tokens).
+LLAMA_CPP_CONTROL_BY_TEXT = frozenset(
+    ["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+     "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<｜end▁of▁sentence｜>", "<end_of_utterance>",
+     "<|eom_id|>", "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>",
+     "▁<PRE>", "<|code_prefix|>", "<|prefix|>", "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>",
+     "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>", "<|fim_middle|>",
+     "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>",
+     "<|middle|>", "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", "<|fim_repo|>",
+     "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>", "<|return|>",
+     "<|call|>", "<|flush|>", "<|calls|>", "</s>", "<eos>", "<turn|>", "<|tool_response>",
+     "[e~["]
+)  # fmt: skip
+# Tokenizer models llama.cpp knows that are not BPE, named by the algorithm they use.
+OTHER_MODELS = {
+    "bert": "WordPiece",
+    "t5": "Unigram",
+    "rwkv": "RWKV greedy",
+    "plamo2": "PLaMo-2 Unigram-like",
+    "gemma4": "gemma4: BPE over SentencePiece-style raw UTF-8 with newline splits",
+}
+# Known to llama.cpp but split by hand-written code (or not byte-level), which we do not carry.
+LLAMA_CPP_UNSUPPORTED = frozenset(
+    ["kimi-k2", "afmoe", "superbpe", "gemma4", "granite-embed-multi-311m", "sarvam-moe",
+     "whitespace"]
+)  # fmt: skip
 
 
 def tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
@@ -46,10 +268,12 @@ def _tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
     token_types: Sequence[int] = metadata.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
     if len(token_types) != len(tokens):
         raise TokenizerError("tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length")
+    # llama.cpp matches control, user-defined and unknown tokens in text (`special=True`).
     special = {
         t: i
         for i, (t, kind) in enumerate(zip(tokens, token_types, strict=True))
-        if kind in (CONTROL, USER_DEFINED)
+        if kind in (CONTROL, USER_DEFINED, UNKNOWN)
+        or (t in LLAMA_CPP_CONTROL_BY_TEXT and kind != UNUSED)
     }
 
     def name_of(key: str) -> str | None:
@@ -68,17 +292,28 @@ def _tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
             t for t, kind in zip(tokens, token_types, strict=True) if kind == USER_DEFINED
         ],
         "bos_token": name_of("bos"),
-        "add_bos_token": bool(metadata.get("tokenizer.ggml.add_bos_token", model == "llama")),
+        "add_bos_token": bool(
+            metadata.get(
+                "tokenizer.ggml.add_bos_token",
+                model == "llama" or metadata.get("tokenizer.ggml.pre") in LLAMA_CPP_ADD_BOS,
+            )
+        ),
         "eos_token": name_of("eos"),
         "extra_eos_tokens": [n for n in (name_of("eot"), name_of("eom")) if n is not None],
         "pad_token": name_of("padding"),
         "chat_template": metadata.get("tokenizer.chat_template"),
     }
     if model == "gpt2":
-        pre = metadata.get("tokenizer.ggml.pre", "default")
-        if pre not in GGUF_PRE_TOKENIZERS:
+        pre = metadata.get("tokenizer.ggml.pre") or "default"
+        if pre not in LLAMA_CPP_PRE_TOKENIZERS:
+            why = (
+                "llama.cpp splits it with hand-written code that llm-tokenizer does not carry"
+                if pre in LLAMA_CPP_UNSUPPORTED
+                else "unknown to llm-tokenizer"
+            )
             raise TokenizerError(
-                f"unsupported GGUF pre-tokenizer {pre!r}; known: {sorted(GGUF_PRE_TOKENIZERS)}"
+                f"unsupported GGUF pre-tokenizer {pre!r} ({why}); supported: "
+                f"{', '.join(sorted(LLAMA_CPP_PRE_TOKENIZERS))}"
             )
         index = {t: i for i, t in enumerate(tokens)}
         merges = []
@@ -90,7 +325,12 @@ def _tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
                 )
             merges.append((index[left], index[right]))
         return Tokenizer(
-            tokens, merges, kind="byte_level", pattern=PATTERNS[GGUF_PRE_TOKENIZERS[pre]], **common
+            tokens,
+            merges,
+            kind="byte_level",
+            pattern=LLAMA_CPP_PRE_TOKENIZERS[pre],
+            ignore_merges=pre in LLAMA_CPP_IGNORE_MERGES,
+            **common,
         )
     if model == "llama":
         scores: Sequence[float] = _required(metadata, "tokenizer.ggml.scores")
@@ -107,7 +347,11 @@ def _tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
             unk_token=unk_token,
             **common,
         )
-    raise TokenizerError(f"unsupported tokenizer.ggml.model {model!r}; expected 'gpt2' or 'llama'")
+    kind = f" ({OTHER_MODELS[model]})" if model in OTHER_MODELS else ""
+    raise TokenizerError(
+        f"unsupported tokenizer.ggml.model {model!r}{kind}; llm-tokenizer reads 'gpt2' "
+        "(byte-level BPE) and 'llama' (SentencePiece BPE with byte fallback)"
+    )
 
 
 def _required(metadata: Mapping[str, Any], key: str) -> Any:

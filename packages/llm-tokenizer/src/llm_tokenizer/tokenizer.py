@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 import unicodedata
+import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import regex
 
 from llm_tokenizer.bpe import Merges, merge_word
-from llm_tokenizer.chat import DEFAULT_CHAT_TEMPLATE, render_chat_template
-from llm_tokenizer.errors import DisallowedSpecialTokenError, TokenizerError
-from llm_tokenizer.patterns import (
-    bytes_to_unicode,
-    compile_splitter,
-    pattern_name,
-    resolve_pattern,
-    unicode_to_bytes,
+from llm_tokenizer.chat import DEFAULT_CHAT_TEMPLATE, render_chat_template_with_spans
+from llm_tokenizer.errors import DisallowedSpecialTokenError, TokenizerError, TokenizerWarning
+from llm_tokenizer.patterns import bytes_to_unicode, unicode_to_bytes
+from llm_tokenizer.pretokenizers import (
+    PreTokenizer,
+    Split,
+    compile_pre_tokenizer,
+    normalize_pre_tokenizer,
 )
 
 if TYPE_CHECKING:
@@ -29,12 +31,23 @@ Kind = Literal["byte_level", "sentencepiece"]
 # segment not already starting with one, "first" only to the segment at the start of the text,
 # "legacy" (Llama-2's Prepend normalizer, llama.cpp) to every segment unconditionally.
 PrependScheme = Literal["always", "first", "legacy", "never"]
+Normalization = Literal["NFC", "NFD", "NFKC", "NFKD"]
+NORMALIZATIONS = ("NFC", "NFD", "NFKC", "NFKD")
 
 SPACE_MARKER = "▁"  # U+2581, SentencePiece's stand-in for a space
 # HF Metaspace's split: every "▁" starts a new piece ("a▁▁b" -> "a", "▁", "▁b").
 _SPACE_SPLIT = regex.compile(f"{SPACE_MARKER}[^{SPACE_MARKER}]*|[^{SPACE_MARKER}]+")
 _BYTE_TOKEN = regex.compile(r"<0x([0-9A-Fa-f]{2})>")
 _CACHED_WORD_CHARS = 256  # longer pre-tokens are merged every time rather than cached
+
+
+class _LostBytes(Exception):
+    """A pre-token holds bytes that the vocabulary cannot spell: `ids` without them, and them."""
+
+    def __init__(self, ids: tuple[int, ...], lost: bytes):
+        super().__init__()
+        self.ids = ids
+        self.lost = lost
 
 
 class _WordCache(dict):
@@ -69,12 +82,12 @@ class Tokenizer:
         merges: Iterable[tuple[int, int]] | Mapping[tuple[int, int], int],
         *,
         kind: Kind = "byte_level",
-        pattern: str | None = "gpt4",
+        pattern: str | Sequence[str | Split] | None = "gpt4",
         special_tokens: Mapping[str, int] | None = None,
         lstrip_tokens: Collection[str] = (),
         rstrip_tokens: Collection[str] = (),
         text_added_tokens: Collection[str] = (),
-        normalization: Literal["NFC"] | None = None,
+        normalization: Normalization | None = None,
         add_prefix_space: bool = False,
         prepend_scheme: PrependScheme = "always",
         split_on_space: bool = True,
@@ -100,23 +113,31 @@ class Tokenizer:
             add_bos_token: informational, whether the model expects the bos id first (HF's
             `add_bos_token`, GGUF's `tokenizer.ggml.add_bos_token`); `encode(add_bos=True)`
             adds it. merges: pairs of ids in rank order, or a mapping pair -> rank
-            (equal ranks are merged leftmost first). pattern: a name in `PATTERNS` or a regex,
-            byte-level only (None: no split). normalization: "NFC" normalizes text first.
+            (equal ranks are merged leftmost first). pattern: the byte-level pre-tokenizer, a
+            name in `PATTERNS`, a regex, or a sequence of `Split` steps (a regex in it is an
+            isolated Split), as llama.cpp's named pre-tokenizers and HF `Sequence` are; None:
+            no split. normalization: "NFC", "NFD", "NFKC" or "NFKD" normalizes text first.
             add_prefix_space: byte-level, prepend " " to text not starting with one.
             prepend_scheme / split_on_space / byte_fallback / unk_token: sentencepiece options.
             ignore_merges: a pre-token that is itself in the vocabulary maps straight to its id.
             cache_size: pre-tokens whose ids are cached (0 disables the cache).
 
+        A byte-level vocabulary may lack some of the 256 byte tokens (SmolLM2's lacks 21
+        control bytes): such a byte is dropped from the ids, as HF tokenizers and llama.cpp do,
+        with one warning the first time; `encode(strict=True)` raises instead.
+
         Raises TokenizerError when a merge produces a token missing from `tokens`, an id is
-        out of range, a named token (bos, eos, pad, unk) is not in the vocabulary, a byte-level
-        vocabulary lacks one of the 256 byte tokens, or an option has an unknown value.
+        out of range, a named token (bos, eos, pad, unk) is not in the vocabulary, or an
+        option has an unknown value.
         """
         if kind not in ("byte_level", "sentencepiece"):
             raise TokenizerError(f"unknown tokenizer kind {kind!r}")
         if prepend_scheme not in ("always", "first", "legacy", "never"):
             raise TokenizerError(f"unknown prepend_scheme {prepend_scheme!r}")
-        if normalization not in (None, "NFC"):
-            raise TokenizerError(f"unsupported normalization {normalization!r}; only NFC")
+        if normalization is not None and normalization not in NORMALIZATIONS:
+            raise TokenizerError(
+                f"unsupported normalization {normalization!r}; expected one of {list(NORMALIZATIONS)}"
+            )
         special_tokens = dict(special_tokens or {})
         size = max([len(tokens) - 1, *special_tokens.values()]) + 1
         table = list(tokens) + [""] * (size - len(tokens))
@@ -126,7 +147,7 @@ class Tokenizer:
             table[token_id] = content
         self.tokens: list[str] = table
         self.kind: Kind = kind
-        self.pattern = resolve_pattern(pattern) if pattern is not None else None
+        self.pattern: PreTokenizer = normalize_pre_tokenizer(pattern)
         self.special_tokens = special_tokens
         self.lstrip_tokens = frozenset(lstrip_tokens)
         self.rstrip_tokens = frozenset(rstrip_tokens)
@@ -176,7 +197,7 @@ class Tokenizer:
                 raise TokenizerError(
                     f"merge ({left}, {right}) refers to an id outside the vocabulary"
                 )
-            merged = self.token_to_id.get(self.tokens[left] + self.tokens[right])
+            merged = self.token_id(self.tokens[left] + self.tokens[right])  # may be special
             if merged is None:
                 raise TokenizerError(
                     f"merge {self.tokens[left]!r} + {self.tokens[right]!r} makes a token missing from the vocabulary"
@@ -186,18 +207,20 @@ class Tokenizer:
         self.token_bytes: list[bytes] = [self._bytes_of(i, t) for i, t in enumerate(self.tokens)]
         if kind == "byte_level":
             byte_chars = bytes_to_unicode()
-            missing = [b for b in range(256) if byte_chars[b] not in self.token_to_id]
-            if missing:
-                raise TokenizerError(
-                    f"byte-level vocabulary lacks {len(missing)} of the 256 byte tokens (e.g. byte {missing[0]})"
-                )
-            self._byte_ids = [self.token_to_id[byte_chars[b]] for b in range(256)]
+            self._byte_ids = [self.token_to_id.get(byte_chars[b], -1) for b in range(256)]
         else:
-            self._byte_ids = [self.token_to_id.get(f"<0x{b:02X}>", -1) for b in range(256)]
+            # Byte fallback finds `<0xNN>` wherever the vocabulary keeps it: many vocabularies
+            # register the byte tokens as added (special) tokens.
+            self._byte_ids = [
+                -1 if (i := self.token_id(f"<0x{b:02X}>")) is None else i for b in range(256)
+            ]
+        # Bytes that a byte-level vocabulary cannot spell: dropped, as HF and llama.cpp do.
+        self.missing_bytes: bytes = (
+            bytes(b for b in range(256) if self._byte_ids[b] < 0) if kind == "byte_level" else b""
+        )
+        self._warned_lost = False
         self._unk_id = self.token_id(unk_token) if unk_token is not None else None
-        self._split = compile_splitter(self.pattern) if self.pattern is not None else None
-        # The named patterns match every character; a custom one may skip some (kept as gaps).
-        self._pattern_covers_all = self.pattern is None or pattern_name(self.pattern) is not None
+        self._split = compile_pre_tokenizer(self.pattern)
         self._special_regex = self._compile_special_regex(special_tokens)
         self._allowed_regexes: dict[
             frozenset[str], tuple[regex.Pattern[str], list[str]] | None
@@ -250,7 +273,7 @@ class Tokenizer:
         pattern: str = "gpt4",
         special_tokens: Sequence[str] = (),
         min_frequency: int = 2,
-        normalization: Literal["NFC"] | None = None,
+        normalization: Normalization | None = None,
         eos_token: str | None = None,
         show_progress: bool = False,
     ) -> Tokenizer:
@@ -338,15 +361,20 @@ class Tokenizer:
         allowed_special: Literal["all"] | Collection[str] = "all",
         disallowed_special: Literal["all"] | Collection[str] = (),
         add_bos: bool = False,
+        strict: bool = False,
     ) -> list[int]:
         """Token ids of `text`.
 
         Special tokens in `allowed_special` (default: all, as HF tokenizers does) become their
         ids; those in `disallowed_special` ("all": every special token not allowed) raise; any
         other special token text is encoded as ordinary text. `add_bos` prepends the bos id.
+        Text that the vocabulary cannot spell (a byte with no byte token, a character with
+        neither a token, byte tokens nor an unk token) is dropped as HF tokenizers drops it,
+        with a `TokenizerWarning` the first time; `strict=True` raises instead.
 
         Raises DisallowedSpecialTokenError when text contains a disallowed special token, and
-        TokenizerError for `add_bos` without a bos token.
+        TokenizerError for `add_bos` without a bos token or, under `strict`, for text that
+        would be dropped.
         """
         ids: list[int] = []
         if add_bos:
@@ -380,39 +408,40 @@ class Tokenizer:
                     "pass allowed_special to encode it as a token or disallowed_special=() to encode it as text"
                 )
         if special_regex is None:
-            ids += self._encode_segment(text, at_start=True)
+            ids += self._encode_segment(text, at_start=True, strict=strict)
             return ids
         pattern, alternatives = special_regex
         start = 0
         for match in pattern.finditer(text):
             if match.start() > start:
-                ids += self._encode_segment(text[start : match.start()], at_start=start == 0)
+                ids += self._encode_segment(
+                    text[start : match.start()], at_start=start == 0, strict=strict
+                )
             ids.append(self.special_tokens[alternatives[match.lastindex - 1]])
             start = match.end()
         if start < len(text):
-            ids += self._encode_segment(text[start:], at_start=start == 0)
+            ids += self._encode_segment(text[start:], at_start=start == 0, strict=strict)
         return ids
 
-    def encode_ordinary(self, text: str) -> list[int]:
-        """Token ids of `text`, with special token text encoded as ordinary text."""
-        return self._encode_segment(text, at_start=True)
+    def encode_ordinary(self, text: str, *, strict: bool = False) -> list[int]:
+        """Token ids of `text`, with special token text encoded as ordinary text (`strict`: as
+        in `encode`)."""
+        return self._encode_segment(text, at_start=True, strict=strict)
 
     def encode_batch(self, texts: Iterable[str], **kwargs: Any) -> list[list[int]]:
         """`encode` each text (same keyword arguments), sharing the word cache."""
         return [self.encode(text, **kwargs) for text in texts]
 
-    def _encode_segment(self, text: str, *, at_start: bool) -> list[int]:
+    def _encode_segment(self, text: str, *, at_start: bool, strict: bool) -> list[int]:
         """Ids of text that holds no special token (`at_start`: it begins the whole input)."""
         if not text:
             return []
-        if self.normalization == "NFC":
-            text = unicodedata.normalize("NFC", text)
+        if self.normalization is not None:
+            text = unicodedata.normalize(self.normalization, text)
         if self.kind == "byte_level":
             if self.add_prefix_space and not text.startswith(" "):
                 text = " " + text
             words = self._split(text) if self._split is not None else [text]
-            if not self._pattern_covers_all and sum(map(len, words)) != len(text):
-                words = self._split_keeping_gaps(text)
         else:
             text = text.replace(" ", SPACE_MARKER)
             scheme = self.prepend_scheme
@@ -422,35 +451,57 @@ class Tokenizer:
             ):
                 text = SPACE_MARKER + text
             words = _SPACE_SPLIT.findall(text) if self.split_on_space else [text]
-        return list(itertools.chain.from_iterable(map(self._word_ids.__getitem__, words)))
+        try:
+            return list(itertools.chain.from_iterable(map(self._word_ids.__getitem__, words)))
+        except _LostBytes:
+            return self._encode_lossy(words, strict=strict)
 
-    def _split_keeping_gaps(self, text: str) -> list[str]:
-        """Split like the pattern, keeping text between matches as pieces of its own."""
-        assert self.pattern is not None
-        pieces, start = [], 0
-        for match in regex.finditer(self.pattern, text):
-            if match.start() > start:
-                pieces.append(text[start : match.start()])
-            if match.end() > match.start():
-                pieces.append(match.group())
-            start = match.end()
-        if start < len(text):
-            pieces.append(text[start:])
-        return pieces
+    def _encode_lossy(self, words: list[str], *, strict: bool) -> list[int]:
+        """`_encode_segment`'s slow path once some word loses bytes: raise or warn, then drop."""
+        ids: list[int] = []
+        for word in words:
+            try:
+                ids += self._word_ids[word]
+            except _LostBytes as lost:
+                shown = ", ".join(f"0x{b:02X}" for b in dict.fromkeys(lost.lost))
+                if strict:
+                    raise TokenizerError(
+                        f"the vocabulary has no token for byte(s) {shown} (in {word!r}); "
+                        "encode without strict=True to drop them as HF tokenizers does"
+                    ) from None
+                if not self._warned_lost:
+                    self._warned_lost = True
+                    missing = ", ".join(f"0x{b:02X}" for b in self.missing_bytes)
+                    warnings.warn(
+                        f"the vocabulary has no token for byte(s) {shown} (in {word!r}), dropped "
+                        "as HF tokenizers and llama.cpp drop them"
+                        + (f"; it lacks the bytes {missing}" if missing else "")
+                        + "; pass strict=True to raise instead (warned once)",
+                        TokenizerWarning,
+                        stacklevel=4,
+                    )
+                ids += lost.ids
+        return ids
 
     def _encode_byte_level_word(self, word: str) -> tuple[int, ...]:
+        data = word.encode()
         if self.ignore_merges:
-            whole = self.token_to_id.get(
-                "".join(map(bytes_to_unicode().__getitem__, word.encode()))
-            )
+            whole = self.token_to_id.get("".join(map(bytes_to_unicode().__getitem__, data)))
             if whole is not None:
                 return (whole,)
-        return tuple(merge_word(list(map(self._byte_ids.__getitem__, word.encode())), self.merges))
+        if self.missing_bytes:
+            kept = data.translate(None, self.missing_bytes)
+            if len(kept) != len(data):  # HF leaves the byte out of the word, then merges
+                ids = merge_word(list(map(self._byte_ids.__getitem__, kept)), self.merges)
+                lost = bytes(b for b in data if b in self.missing_bytes)
+                raise _LostBytes(tuple(ids), lost)
+        return tuple(merge_word(list(map(self._byte_ids.__getitem__, data)), self.merges))
 
     def _encode_sentencepiece_word(self, word: str) -> tuple[int, ...]:
         if self.ignore_merges and word in self.token_to_id:
             return (self.token_to_id[word],)
         symbols: list[int] = []
+        lost: list[str] = []
         last_was_unk = False
         for char in word:
             token_id = self.token_to_id.get(char)
@@ -464,10 +515,15 @@ class Tokenizer:
                     symbols += byte_ids
                     last_was_unk = False
                     continue
-            if self._unk_id is not None and not last_was_unk:
+            if self._unk_id is None:
+                lost.append(char)
+            elif not last_was_unk:
                 symbols.append(self._unk_id)
                 last_was_unk = True
-        return tuple(merge_word(symbols, self.merges))
+        ids = tuple(merge_word(symbols, self.merges))
+        if lost:
+            raise _LostBytes(ids, "".join(lost).encode())
+        return ids
 
     def _compile_special_regex(
         self, tokens: Collection[str]
@@ -536,6 +592,10 @@ class Tokenizer:
         return IncrementalDecoder(self, skip_special_tokens=skip_special_tokens)
 
     def _bytes_of(self, token_id: int, token: str) -> bytes:
+        if self.kind == "sentencepiece":
+            byte = _BYTE_TOKEN.fullmatch(token)
+            if byte:  # also when the byte tokens are registered as added tokens
+                return bytes([int(byte.group(1), 16)])
         if token_id in self._special_ids:
             return token.encode()
         if self.kind == "byte_level":
@@ -563,7 +623,21 @@ class Tokenizer:
         `eos_token` and any extra keyword arguments. Raises TokenizerError when the template
         fails to render or calls `raise_exception`.
         """
-        return render_chat_template(
+        return self.render_chat(messages, add_generation_prompt=add_generation_prompt, **kwargs)[0]
+
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        **kwargs: Any,
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """`apply_chat_template`'s text and the [start, end) character spans that the
+        template's `{% generation %}` blocks wrote (the assistant's part, as HF marks it).
+
+        Raises TokenizerError as `apply_chat_template` does.
+        """
+        return render_chat_template_with_spans(
             self.chat_template or DEFAULT_CHAT_TEMPLATE,
             messages,
             add_generation_prompt=add_generation_prompt,
@@ -571,6 +645,43 @@ class Tokenizer:
             eos_token=self.eos_token or "",
             **kwargs,
         )
+
+    def encode_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        **kwargs: Any,
+    ) -> tuple[list[int], list[int]]:
+        """Token ids of the rendered chat and its assistant mask: 1 for each token that overlaps a
+        `{% generation %}` span, else 0, as HF's `apply_chat_template(tokenize=True,
+        return_assistant_tokens_mask=True)` gives them (for loss masks in training).
+
+        Raises TokenizerError as `apply_chat_template` does, and when the tokens do not spell
+        the text byte for byte (normalization, SentencePiece spaces, dropped bytes), so that
+        character spans cannot be mapped to tokens.
+        """
+        text, spans = self.render_chat(
+            messages, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+        ids = self.encode(text)
+        mask = [0] * len(ids)
+        if not spans:
+            return ids, mask
+        data = text.encode()
+        if self.token_bytes_of(ids) != data:
+            raise TokenizerError(
+                "assistant masks need tokens that spell the rendered text byte for byte; "
+                "this tokenizer normalizes or rewrites it"
+            )
+        starts = list(itertools.accumulate((len(self.token_bytes[i]) for i in ids), initial=0))
+        for start, end in spans:
+            if end <= start:
+                continue
+            first = bisect.bisect_right(starts, len(text[:start].encode())) - 1
+            last = bisect.bisect_right(starts, len(text[: end - 1].encode())) - 1
+            mask[first : last + 1] = [1] * (last + 1 - first)
+        return ids, mask
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, special_tokens={len(self.special_tokens)})"
