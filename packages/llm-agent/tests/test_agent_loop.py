@@ -151,6 +151,23 @@ def test_malformed_calls_get_error_results_not_a_crash(ws_root, outside):
     outside.check()
 
 
+def test_a_list_of_calls_in_one_block(ws_root, outside):
+    listed = [
+        {"name": "write_file", "arguments": {"path": "notes.txt", "content": "hello"}},
+        {"name": "read_file", "arguments": {"path": "hello.txt"}},
+        "not a call",
+    ]
+    model = ScriptedModel(f"<tool_call>[{json.dumps(listed)[1:-1]}]</tool_call>", "ok")
+    result = run(Agent(model, Workspace(ws_root)))
+    assert [r.content for r in result.calls] == [
+        "wrote 5 bytes to notes.txt",
+        "hello world\n",
+        'error: malformed tool call (want {"name": ..., "arguments": {...}}): "not a call"',
+    ]
+    assert (ws_root / "notes.txt").read_text() == "hello"
+    outside.check()
+
+
 def test_calls_run_while_the_reply_streams(ws_root):
     started = threading.Event()
 

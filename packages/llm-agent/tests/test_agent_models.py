@@ -11,7 +11,7 @@ import json
 import httpx
 import pytest
 from llm_agent import AgentError, LocalChatModel, OpenAIChatModel
-from llm_agent.calls import CallStream, parse_call
+from llm_agent.calls import CallStream, parse_calls
 from llm_agent.protocols import ChatModel
 
 
@@ -67,7 +67,7 @@ def test_streamed_tool_calls_become_tool_call_text():
     assert deltas[0] == "Looking. "
     stream = CallStream()
     text, blocks = stream.push("".join(deltas))
-    calls = [parse_call(b) for b in blocks]
+    calls = [call for b in blocks for call in parse_calls(b)]
     assert text == "Looking. "
     assert [(c.id, c.name, c.arguments, c.error) for c in calls] == [
         ("call_a", "read_file", {"path": "a.txt"}, None),
@@ -83,7 +83,7 @@ def test_bad_arguments_from_a_server_are_a_malformed_call():
     body = sse(tc(0, id="call_x", name="read_file", args='{"path": '))
     deltas = collect(model_answering(200, body, []))
     (block,) = CallStream().push("".join(deltas))[1]
-    call = parse_call(block)
+    (call,) = parse_calls(block)
     assert call.id == "call_x" and call.error.startswith(
         "malformed call of read_file: its arguments are not JSON"
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_agent.calls import CLOSE, OPEN, CallStream, ToolCall, parse_call
+from llm_agent.calls import CLOSE, OPEN, CallStream, ToolCall, parse_calls
 from llm_agent.protocols import ChatModel
 from llm_agent.tools import ToolResult, run_tool, tool_schemas
 from llm_agent.workspace import Workspace
@@ -161,7 +161,8 @@ class Agent:
                     shown.append(text)
                     self._emit("text", step, text=text)
                 for block in blocks:
-                    start(parse_call(block))
+                    for call in parse_calls(block):
+                        start(call)
             text, unfinished = stream.finish()
             if text:
                 shown.append(text)

@@ -38,14 +38,21 @@ class ToolCall:
         return f"{OPEN}{json.dumps({'name': self.name, 'arguments': self.arguments})}{CLOSE}"
 
 
-def parse_call(block: str) -> ToolCall:
-    """The call written between ``<tool_call>`` and ``</tool_call>``; never raises: a block
-    that is not a call comes back with ``error`` set, for the model to read."""
-    shown = block.strip()[:200]
+def parse_calls(block: str) -> list[ToolCall]:
+    """The calls written between ``<tool_call>`` and ``</tool_call>``: one JSON object (the
+    Hermes form) or a JSON list of them (the form SmolLM2 and APIGen-trained models write).
+    Never raises: a block that is not a call comes back with ``error`` set."""
     try:
-        call = json.loads(block)
+        value = json.loads(block)
     except ValueError as exc:
-        return ToolCall("", {}, error=f"malformed tool call (not JSON: {exc.msg}): {shown}")
+        shown = block.strip()[:200]
+        return [ToolCall("", {}, error=f"malformed tool call (not JSON: {exc.msg}): {shown}")]
+    if isinstance(value, list):
+        return [_call(item, json.dumps(item)[:200]) for item in value]
+    return [_call(value, block.strip()[:200])]
+
+
+def _call(call: Any, shown: str) -> ToolCall:
     if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
         return ToolCall(
             "",
