@@ -122,7 +122,8 @@ def test_help_model_rag_tools_unknown_and_exit(fake_server):
     text, _ = run_repl(RemoteBackend(fake_server.url), keys)
     assert "/system" in text and "/save" in text
     assert "models: fake-model" in text
-    assert "no-such-docs: no such file or directory" in text and "/tools is not available" in text
+    assert "no-such-docs: no such file or directory" in text
+    assert "tools off (/tools DIR turns them on)" in text
     assert "unknown command /nope" in text
     assert fake_server.requests == []  # /exit left before the last line
 

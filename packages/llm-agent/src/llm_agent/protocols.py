@@ -14,6 +14,10 @@ class ChatModel(Protocol):
     """Streams the assistant's reply to ``messages`` (``[{"role", "content"}]``) as text deltas.
 
     ``sampling`` holds OpenAI-named keywords (``temperature``, ``max_tokens``, ``stop``, ...).
+    Tool calls come back inside the text as ``<tool_call>{"name", "arguments"}</tool_call>``.
+    A model that also has ``native_tools = True`` takes ``tools=`` (OpenAI's schema) and
+    OpenAI's ``tool_calls`` / ``role: "tool"`` messages instead of text ones (see
+    :class:`llm_agent.models.OpenAIChatModel`).
     """
 
     def stream(

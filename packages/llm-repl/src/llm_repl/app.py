@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from llm_agent import ToolError
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import WordCompleter
 from prompt_toolkit.history import FileHistory, InMemoryHistory
@@ -23,6 +24,7 @@ from rich.text import Text
 from llm_repl.backends import BackendError
 from llm_repl.conversation import SETTINGS, Conversation, ConversationError
 from llm_repl.rag import Rag, RagError, sources
+from llm_repl.tools import AgentMode
 
 COMMANDS = {
     "/help": "this list",
@@ -33,7 +35,8 @@ COMMANDS = {
     "/load": "FILE: read a conversation written by /save",
     "/model": "show the backend and the models it offers",
     "/rag": "DIR: answer from the documents in DIR (or an llm-rag index); /rag off: stop",
-    "/tools": "let the model use the agent's tools on a workspace",
+    "/tools": "DIR: let the model read, write and list files and run commands in DIR "
+    "(confined; each command asked for); /tools off: stop",
     "/exit": "leave (Ctrl-D too)",
 }
 
@@ -80,6 +83,7 @@ class Repl:
             multiline=True,
             prompt_continuation="... ",
         )
+        self.tools: AgentMode | None = None  # while /tools is on
         self.handlers: dict[str, Callable[[str], Awaitable[bool]]] = {
             "/help": self.cmd_help,
             "/reset": self.cmd_reset,
@@ -145,14 +149,15 @@ class Repl:
                 self.console.print(Text(f"/rag: {exc}", style="red"))
                 return None
         self.conversation.messages.append({"role": "user", "content": text})
-        task = asyncio.ensure_future(self._stream_reply())
+        work = self.tools.answer(text) if self.tools is not None else self._stream_reply()
+        task = asyncio.ensure_future(work)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGINT, task.cancel)
         try:
             reply = await task
         except asyncio.CancelledError:
-            reply = self._partial
+            reply = self._partial if self.tools is None else None  # an agent's steps: none kept
             self.console.print("[dim]generation stopped[/dim]")
         except BackendError as exc:
             self.conversation.messages.pop()  # the question was not answered
@@ -161,6 +166,9 @@ class Repl:
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGINT)
+        if reply is None:  # the agent failed or gave up; it has said why
+            self.conversation.messages.pop()
+            return None
         self.conversation.messages.append({"role": "assistant", "content": reply})
         if hits:
             self.console.print(Text("\n".join(sources(reply, hits)), style="dim"))
@@ -274,9 +282,20 @@ class Repl:
         return True
 
     async def cmd_tools(self, arg: str) -> bool:
-        self.console.print(
-            "[yellow]/tools is not available yet: llm-agent has no tools in this version[/yellow]"
-        )
+        if arg == "off" or not arg:
+            if arg == "off":
+                self.tools = None
+            state = self.tools.describe() if self.tools else "tools off (/tools DIR turns them on)"
+            self.console.print(f"[dim]{state}[/dim]")
+            return True
+        try:
+            self.tools = AgentMode(
+                self.backend, arg, self.console, dict(self.conversation.settings)
+            )
+        except ToolError as exc:
+            self.console.print(f"[red]{exc}[/red]")
+            return True
+        self.console.print(self.tools.describe())
         return True
 
     async def cmd_exit(self, arg: str) -> bool:
