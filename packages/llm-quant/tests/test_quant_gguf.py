@@ -107,3 +107,19 @@ def test_unpermute_inverts_the_converter_permutation(gguf_tensor_map):
     torch.testing.assert_close(
         unpermute_qk(bias.reshape(3, 2, 4).transpose(1, 2).reshape(24), 3), bias
     )
+
+
+def test_metadata_and_tensors_equal_gguf_py_reader(tiny_gguf):
+    _, path = tiny_gguf(
+        "qwen2", T.Q4_0, metadata={"chat_template": "{{ x }}", "add_bos_token": False}
+    )
+    ours = GGUFFile(path)
+    reader = gguf.GGUFReader(str(path))
+    theirs = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert ours.metadata == theirs and ours.version == 3
+    assert list(ours.tensors) == [t.name for t in reader.tensors]
+    for t in reader.tensors:
+        info = ours.tensors[t.name]
+        assert info.type == t.tensor_type and info.n_bytes == t.n_bytes
+        assert info.shape == tuple(reversed(t.shape.tolist())) and info.offset == t.data_offset
+        assert info.data.tobytes() == t.data.tobytes()

@@ -41,27 +41,31 @@ def _nan_first(result: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.
     """``result`` of ``a + b`` or ``a - b`` with x86's NaN rule, which numpy follows: the first
     NaN operand is returned, quieted. (torch subtracts as ``a + (-1) * b``, which flips the sign
     of a NaN ``b``, and may order a two-NaN add the other way.)"""
-    if not bool(result.isnan().any()):
-        return result
     nan = torch.where(a.isnan(), a, torch.where(b.isnan(), b, result))
     quiet = (nan.view(torch.int32) | 0x00400000).view(torch.float32)  # the quiet bit set
     return torch.where(nan.isnan(), quiet, result)
 
 
-def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return _nan_first(a + b, a, b)
+def _finite(*scales: torch.Tensor) -> bool:
+    """Whether every (small, per-block) scale is finite: then no product or sum is NaN."""
+    return all(bool(torch.isfinite(s).all()) for s in scales)
 
 
-def _sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return _nan_first(a - b, a, b)
+def _add(a: torch.Tensor, b: torch.Tensor, *scales: torch.Tensor) -> torch.Tensor:
+    """``a + b``, with :func:`_nan_first` only when a ``scales`` tensor is not finite."""
+    return a + b if _finite(*scales) else _nan_first(a + b, a, b)
+
+
+def _sub(a: torch.Tensor, b: torch.Tensor, *scales: torch.Tensor) -> torch.Tensor:
+    """``a - b``, with :func:`_nan_first` only when a ``scales`` tensor is not finite."""
+    return a - b if _finite(*scales) else _nan_first(a - b, a, b)
 
 
 def _nibbles(qs: torch.Tensor, group: int) -> torch.Tensor:
     """Low then high nibbles of each run of ``group`` bytes: ``[n, m]`` -> ``[n, 2m]`` uint8."""
     n = qs.shape[0]
     q = qs.reshape(n, -1, 1, group)  # [n, m/group, 1, group]
-    shifts = torch.tensor([0, 4], dtype=torch.uint8).reshape(1, 1, 2, 1)
-    return ((q >> shifts) & 0x0F).reshape(n, -1)  # [n, 2m]
+    return torch.cat([q & 0x0F, q >> 4], dim=2).reshape(n, -1)  # [n, 2m]
 
 
 def _bits(packed: torch.Tensor, width: int, count: int, group: int) -> torch.Tensor:
@@ -94,7 +98,7 @@ def _q4_0(b: torch.Tensor) -> torch.Tensor:
 def _q4_1(b: torch.Tensor) -> torch.Tensor:
     d, m = _f16(b, 0), _f16(b, 2)
     q = _nibbles(b[:, 4:], 16).float()  # [n, 32]
-    return _add(d * q, m)
+    return _add(d * q, m, d, m)
 
 
 def _q5_0(b: torch.Tensor) -> torch.Tensor:
@@ -106,7 +110,7 @@ def _q5_0(b: torch.Tensor) -> torch.Tensor:
 def _q5_1(b: torch.Tensor) -> torch.Tensor:
     d, m = _f16(b, 0), _f16(b, 2)
     q = _nibbles(b[:, 8:], 16) | (_high_bit_32(b[:, 4:8]) << 4)
-    return _add(d * q.float(), m)
+    return _add(d * q.float(), m, d, m)
 
 
 def _q2_k(b: torch.Tensor) -> torch.Tensor:
@@ -116,7 +120,7 @@ def _q2_k(b: torch.Tensor) -> torch.Tensor:
     dl = (d * (scales & 0x0F).float()).reshape(n, 16, 1)  # [n, 16 sub-blocks, 1]
     ml = (dmin * (scales >> 4).float()).reshape(n, 16, 1)
     q = _bits(qs, 2, 4, 32).reshape(n, 16, 16).float()  # [n, 16, 16]
-    return _sub(dl * q, ml).reshape(n, QK_K)
+    return _sub(dl * q, ml, dl, ml).reshape(n, QK_K)
 
 
 def _q3_k(b: torch.Tensor) -> torch.Tensor:
@@ -149,7 +153,7 @@ def _q4_k(b: torch.Tensor) -> torch.Tensor:
     dl = (d * sc.float()).reshape(n, 8, 1)  # [n, 8 sub-blocks, 1]
     ml = (dmin * mn.float()).reshape(n, 8, 1)
     q = _nibbles(b[:, 16:], 32).reshape(n, 8, 32).float()
-    return _sub(dl * q, ml).reshape(n, QK_K)
+    return _sub(dl * q, ml, dl, ml).reshape(n, QK_K)
 
 
 def _q5_k(b: torch.Tensor) -> torch.Tensor:
@@ -161,7 +165,7 @@ def _q5_k(b: torch.Tensor) -> torch.Tensor:
     ql = _nibbles(b[:, 48:], 32).reshape(n, 8, 32)
     qh = _bits(b[:, 16:48], 1, 8, 32).reshape(n, 8, 32)
     q = (ql | (qh << 4)).float()
-    return _sub(dl * q, ml).reshape(n, QK_K)
+    return _sub(dl * q, ml, dl, ml).reshape(n, QK_K)
 
 
 def _q6_k(b: torch.Tensor) -> torch.Tensor:
