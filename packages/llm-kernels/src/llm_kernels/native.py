@@ -159,7 +159,7 @@ def _register_fake() -> None:
         format: int,
         group_size: int,
         bias: torch.Tensor | None,
-        int8_activations: bool,
+        activations: int,
     ) -> torch.Tensor:
         return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 

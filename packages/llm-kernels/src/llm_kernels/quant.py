@@ -13,6 +13,7 @@ The native kernel multiplies in one of two ways (``activations``):
   int8 dot products (AVX-512 VNNI or AVX-VNNI ``vpdpbusd``, else AVX2 ``maddubs``). Its error
   against the dequantized product is that of the activations' rounding: about 0.3% of the
   product's scale (see the tests).
+- ``"int8-token"``: the same with one scale per row of ``x`` (dynamic per-token W8A8).
 - ``"float"``: the weights widened to float32 in registers; the dequantized product up to
   float32 rounding (about 1e-6 relative).
 
@@ -30,7 +31,8 @@ import torch.nn.functional as F
 from llm_kernels import native, reference
 
 Format = Literal["q8_0", "q4_0", "q4_1", "int8", "q4"]
-Activations = Literal["int8", "float"]
+Activations = Literal["int8", "float", "int8-token"]
+_MODES = {"float": 0, "int8": 1, "int8-token": 2}  # the kernel's codes
 
 FORMATS: dict[str, int] = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "int8": 3, "q4": 4}  # kernel codes
 DEFAULT_ACTIVATIONS: dict[str, Activations] = {
@@ -86,15 +88,16 @@ def quant_linear(
     """``x @ W.T + bias`` with ``W`` (``[N, K]``) given quantized in ``format``.
 
     ``x``: ``[..., K]``; returns ``[..., N]`` in ``x.dtype``. ``activations`` picks the native
-    kernel's arithmetic (``"int8"`` or ``"float"``, see the module docstring; default
-    :data:`DEFAULT_ACTIVATIONS`); it has no effect where the product runs in torch. Raises
+    kernel's arithmetic (``"int8"``, ``"int8-token"`` or ``"float"``, see the module
+    docstring; default :data:`DEFAULT_ACTIVATIONS`); the torch fallback computes the same
+    rounding of activations for ``"int8-token"`` and none otherwise. Raises
     ``ValueError`` on an unknown format or inconsistent shapes.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown quantized format {format!r}; expected one of {sorted(FORMATS)}")
     mode = DEFAULT_ACTIVATIONS[format] if activations is None else activations
-    if mode not in ("int8", "float"):
-        raise ValueError(f"activations must be 'int8' or 'float', got {mode!r}")
+    if mode not in _MODES:
+        raise ValueError(f"activations must be one of {sorted(_MODES)}, got {mode!r}")
     _check_shapes(x, qweight, format, scales, mins, group_size)
     if _kernel_applies(x, qweight, bias) and native.available():
         return torch.ops.llm_kernels.quant_rows.default(
@@ -105,10 +108,22 @@ def quant_linear(
             FORMATS[format],
             group_size,
             bias,
-            mode == "int8",
+            _MODES[mode],
         )
     w = dequantize(qweight, format, scales=scales, mins=mins, group_size=group_size)  # (N, K)
+    if mode == "int8-token":
+        x = quantize_per_token(x)
     return F.linear(x, w.to(device=x.device, dtype=x.dtype), bias)
+
+
+def quantize_per_token(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded as dynamic per-token W8A8 rounds it: each row to ``dx * round(x / dx)``
+    with ``dx = amax / 127`` (ties away from zero), returned in ``x.dtype``."""
+    d = x.abs().amax(-1, keepdim=True).float() / 127  # (..., 1)
+    inv = torch.where(d != 0, 1 / d, torch.zeros_like(d))
+    xs = (x.float() * inv).double()
+    q = torch.sign(xs) * torch.floor(xs.abs() + 0.5)  # (..., K)
+    return (q.float() * d).to(x.dtype)
 
 
 def _kernel_applies(x: torch.Tensor, qweight: torch.Tensor, bias: torch.Tensor | None) -> bool:

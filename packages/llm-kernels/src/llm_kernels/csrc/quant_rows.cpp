@@ -1,4 +1,4 @@
-// llm_kernels::quant_rows(x, qweight, scales, mins, format, group_size, bias, int8_activations)
+// llm_kernels::quant_rows(x, qweight, scales, mins, format, group_size, bias, activations)
 // -> y: y = x @ W.T for up to 16 rows of float32 on CPU, W kept quantized as it is stored.
 //
 // Formats (layouts in llm_kernels/reference.py, W logically [N, K], K a multiple of 32):
@@ -9,11 +9,12 @@
 // Every format is read as blocks of 32 weights with a scale d and (4-bit) an offset m:
 // w = q * d + m, q in 0..15 (4-bit; m = -8 d when symmetric) or -127..127 (8-bit; m = 0).
 //
-// Two ways to multiply, chosen per call:
-//   int8 activations: each row of x quantized per block of 32 (as llama.cpp's Q8_0/Q8_1:
+// Two ways to multiply, chosen per call (`activations`):
+//   1, int8 activations: each row of x quantized per block of 32 (as llama.cpp's Q8_0/Q8_1:
 //     dx = amax / 127, qx = round(x / dx), sx = dx * sum(qx)); per block an int8 dot product
 //     (AVX-512 VNNI / AVX-VNNI vpdpbusd, else AVX2 maddubs), y += d dx dot + m sx.
-//   float activations: weights widened to float in registers, y += d sum(q x) + m sum(x);
+//   2, the same with one dx per row (dynamic per-token W8A8: dx = the row's amax / 127).
+//   0, float activations: weights widened to float in registers, y += d sum(q x) + m sum(x);
 //     the exact dequantized product apart from float32 rounding.
 // Each weight row is read once for all input rows; output rows are shared between torch's
 // threads in chunks of about 128 KiB of weights as in linear_rows.cpp. Every output is
@@ -353,13 +354,21 @@ struct alignas(64) Share {
 };
 
 // Quantize m rows of x per block of 32: qx = round(x / dx) with dx = amax / 127 (ties away
-// from zero, as llama.cpp's quantize_row_q8_0), sx = dx * sum(qx).
-void quantize_rows(const float* x, int64_t m, int64_t k, int8_t* qx, float* dx, float* sx) {
+// from zero, as llama.cpp's quantize_row_q8_0), sx = dx * sum(qx); amax over the block, or
+// over the whole row when per_row.
+void quantize_rows(const float* x, int64_t m, int64_t k, bool per_row, int8_t* qx, float* dx,
+                   float* sx) {
   const int64_t blocks = k / kQK;
+  float row_amax = 0.f;
   for (int64_t i = 0; i < m * blocks; ++i) {
     const float* xb = x + i * kQK;
-    float amax = 0.f;
-    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    if (per_row && i % blocks == 0) {
+      row_amax = 0.f;
+      for (int64_t j = 0; j < k; ++j) row_amax = std::max(row_amax, std::fabs(xb[j]));
+    }
+    float amax = row_amax;
+    if (!per_row)
+      for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(xb[j]));
     const float d = amax / 127.f;
     const float inv = d != 0.f ? 1.f / d : 0.f;
     int32_t sum = 0;
@@ -384,8 +393,10 @@ void block_sums(const float* x, int64_t m, int64_t k, float* sx) {
 at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
                       const std::optional<at::Tensor>& scales,
                       const std::optional<at::Tensor>& mins, int64_t format, int64_t group_size,
-                      const std::optional<at::Tensor>& bias, bool int8_activations) {
+                      const std::optional<at::Tensor>& bias, int64_t activations) {
   TORCH_CHECK(format >= kQ8_0 && format <= kQ4, "quant_rows: unknown format ", format);
+  TORCH_CHECK(activations >= 0 && activations <= 2, "quant_rows: activations must be 0, 1 or 2");
+  const bool int8_activations = activations != 0;
   TORCH_CHECK(x.device().is_cpu() && qweight.device().is_cpu(), "quant_rows: CPU tensors only");
   TORCH_CHECK(x.scalar_type() == at::kFloat, "quant_rows: x must be float32");
   TORCH_CHECK(qweight.dim() == 2 && qweight.is_contiguous() && qweight.size(0) > 0,
@@ -443,7 +454,7 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
   if (int8_activations) {
     qx.resize(m * k);
     dx.resize(m * blocks);
-    quantize_rows(a.x, m, k, qx.data(), dx.data(), sx.data());
+    quantize_rows(a.x, m, k, activations == 2, qx.data(), dx.data(), sx.data());
     a.qx = qx.data();
     a.dx = dx.data();
   } else {
@@ -483,7 +494,7 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
 TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
   lib.def(
       "quant_rows(Tensor x, Tensor qweight, Tensor? scales, Tensor? mins, int format, "
-      "int group_size, Tensor? bias, bool int8_activations) -> Tensor");
+      "int group_size, Tensor? bias, int activations) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("quant_rows", &quant_rows); }
