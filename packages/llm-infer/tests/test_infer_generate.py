@@ -143,8 +143,10 @@ def test_load_errors_name_what_is_missing(tmp_path, llama_dir, monkeypatch):
     monkeypatch.undo()
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    with pytest.raises(LoadError, match="GGUF needs llm-quant's GGUF reader"):
+    with pytest.raises(LoadError, match="not a GGUF file .4 bytes"):
         load(gguf)
+    with pytest.raises(LoadError, match="no such GGUF file"):
+        load(tmp_path / "missing.gguf")
     with pytest.raises(LoadError, match="no such model directory"):
         load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()

