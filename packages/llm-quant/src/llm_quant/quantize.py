@@ -98,14 +98,16 @@ def quantized_state_dict(
     *,
     calibration: Mapping[str, torch.Tensor] | None = None,
     skip: Iterable[str] = ("lm_head",),
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The quantized tensors of ``model``'s linear layers under ``scheme``: ``(state, names)``
     with ``state`` keyed like the converted model's state_dict (``<layer>.qweight``,
     ``.scales``, ``.mins``; biases as they are) and ``names`` the layers quantized.
 
     ``calibration``: per-layer input importance from :func:`collect_activation_stats` (q4
-    uses it; int8 has no choice to make). Raises ``ValueError`` when a layer does not fit the
-    scheme (q4: in_features not a multiple of the group size).
+    uses it; int8 has no choice to make). ``progress(name)`` is called after each layer.
+    Raises ``ValueError`` when a layer does not fit the scheme (q4: in_features not a multiple
+    of the group size).
     """
     names = quantizable_linears(model, skip)
     modules = dict(model.named_modules())
@@ -126,6 +128,8 @@ def quantized_state_dict(
                 state[f"{name}.mins"] = m
         if layer.bias is not None:
             state[f"{name}.bias"] = layer.bias.detach()
+        if progress is not None:
+            progress(name)
     return state, names
 
 
@@ -176,14 +180,16 @@ def quantize_model(
     scheme: Scheme | str,
     calibration: Calibration | None = None,
     skip: Iterable[str] = ("lm_head",),
+    *,
+    progress: Callable[[str], None] | None = None,
 ) -> nn.Module:
     """Quantize ``model``'s linear layers in place with ``scheme`` (a :class:`Scheme`, or
     ``"int8"`` / ``"q4"`` with their defaults) and return it.
 
     ``calibration``: per-layer importance (:func:`collect_activation_stats`'s result), or
     token batches ``[B, T]`` to collect it from. ``skip``: layers left in float (see
-    :func:`quantizable_linears`). Raises ``ValueError`` on a bad scheme or a layer that does
-    not fit it.
+    :func:`quantizable_linears`). ``progress(name)``: called after each layer. Raises
+    ``ValueError`` on a bad scheme or a layer that does not fit it.
     """
     if isinstance(scheme, str):
         scheme = Scheme(scheme)
@@ -195,7 +201,9 @@ def quantize_model(
             stats = collect_activation_stats(
                 model, calibration, modules=quantizable_linears(model, skip)
             )
-    state, names = quantized_state_dict(model, scheme, calibration=stats, skip=skip)
+    state, names = quantized_state_dict(
+        model, scheme, calibration=stats, skip=skip, progress=progress
+    )
     convert_for_runtime(model, scheme, names)
     _, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if unexpected:
