@@ -5,7 +5,7 @@ from __future__ import annotations
 import gguf
 import pytest
 import torch
-from llm_quant import GGUFLinear
+from llm_quant import GGUFEmbedding, GGUFLinear
 from llm_quant.gguf import GGUFError, GGUFFile, gguf_config, load_gguf_model, unpermute_qk
 
 T = gguf.GGMLQuantizationType
@@ -47,6 +47,7 @@ def test_quantized_load_keeps_the_blocks_and_matches_hf(arch, tie, qtype, tiny_g
     layers = [m for m in ours.modules() if isinstance(m, GGUFLinear)]
     assert len(layers) == 7 * ours.config.n_layer + 1  # q k v o gate up down, and the head
     assert all(m.format == qtype.name.lower() for m in layers)
+    assert isinstance(ours.model.embed_tokens, GGUFEmbedding)  # rows dequantized on lookup
     o_proj = ours.model.layers[0].self_attn.o_proj
     mapped = file.tensors["blk.0.attn_output.weight"].data
     assert o_proj.blocks.data_ptr() == mapped.ctypes.data  # the file's bytes, not a copy

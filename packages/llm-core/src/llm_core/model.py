@@ -324,11 +324,11 @@ class Transformer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
+        return self.model.norm.weight.dtype  # a norm: the embedding may be quantized
 
     @property
     def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
+        return self.model.norm.weight.device
 
     def fuse_projections(self) -> Transformer:
         """Fuse each layer's q/k/v and gate/up projections for inference; returns ``self``.

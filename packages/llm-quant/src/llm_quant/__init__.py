@@ -4,7 +4,7 @@ from importlib.metadata import version as _version
 
 from llm_quant.dequant import dequantize
 from llm_quant.gguf import GGUFError, GGUFFile, load_gguf_model, tensor_to_float
-from llm_quant.linear import GGUFLinear, Int8Linear, Q4Linear, QuantLinear
+from llm_quant.linear import GGUFEmbedding, GGUFLinear, Int8Linear, Q4Linear, QuantLinear
 from llm_quant.quantize import (
     collect_activation_stats,
     convert_for_runtime,
@@ -17,6 +17,7 @@ from llm_quant.schemes import Scheme, quantize_int8, quantize_q4
 __version__ = _version("llm-quant")
 
 __all__ = [
+    "GGUFEmbedding",
     "GGUFError",
     "GGUFFile",
     "GGUFLinear",

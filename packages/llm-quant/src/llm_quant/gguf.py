@@ -10,7 +10,8 @@ the q/k row permutation that llama.cpp's converter applies is undone (``qwen2`` 
 By default the linear layers' Q8_0 / Q4_0 / Q4_1 weights are not dequantized: they stay the
 file's blocks (memory-mapped) inside :class:`~llm_quant.linear.GGUFLinear` layers, which the
 native kernels multiply by directly; a tied LM head gets such a layer over the embedding's
-blocks. Other types (K-quants, F16, ...) and the embedding table are dequantized to float.
+blocks, and the embedding table stays blocks too (:class:`~llm_quant.linear.GGUFEmbedding`).
+Other types (K-quants, F16, ...) are dequantized to float.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueTy
 from llm_core import ConfigError, ModelConfig, Transformer
 
 from llm_quant.dequant import dequantize, supported_types
-from llm_quant.linear import GGUFLinear
+from llm_quant.linear import GGUFEmbedding, GGUFLinear
 
 KEPT_TYPES = {  # GGUF types whose blocks linear layers multiply by as they are
     GGMLQuantizationType.Q8_0: "q8_0",
     GGMLQuantizationType.Q4_0: "q4_0",
     GGMLQuantizationType.Q4_1: "q4_1",
 }
-_LINEAR_SUFFIXES = ("_proj.weight", "lm_head.weight")
+_KEPT_SUFFIXES = ("_proj.weight", "lm_head.weight", "embed_tokens.weight")
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -474,7 +475,7 @@ def iter_model_tensors(
     """Yield ``(llm_core_name, info, tensor)`` one tensor at a time, renamed, shape-checked
     against ``config`` and with llama's q/k permutation undone: float32, or with
     ``keep_quantized`` a linear layer's weight of a :data:`KEPT_TYPES` type as its blocks
-    (:func:`tensor_blocks`; uint8). Raises :class:`GGUFError` for an unknown tensor name or a
+    (:func:`tensor_blocks`; uint8), and so the embedding table. Raises :class:`GGUFError` for an unknown tensor name or a
     shape that disagrees with the config."""
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in Transformer(config).state_dict().items()}
@@ -490,7 +491,7 @@ def iter_model_tensors(
                 f"{gguf.path}: tensor {info.name!r} has shape {info.shape}, but the config "
                 f"needs {expected[name]}"
             )
-        if keep_quantized and info.type in KEPT_TYPES and name.endswith(_LINEAR_SUFFIXES):
+        if keep_quantized and info.type in KEPT_TYPES and name.endswith(_KEPT_SUFFIXES):
             tensor = tensor_blocks(info)  # rows permute like float rows: blocks never span two
         else:
             tensor = tensor_to_float(info)
@@ -529,6 +530,15 @@ def load_gguf_model(
     state: dict[str, torch.Tensor] = {}
     tied_head: GGUFLinear | None = None
     for name, info, tensor in iter_model_tensors(gguf, config, keep_quantized=keep):
+        if tensor.dtype == torch.uint8 and name == "model.embed_tokens.weight":
+            fmt = KEPT_TYPES[info.type]
+            model.model.embed_tokens = GGUFEmbedding(
+                config.vocab_size, config.n_embd, fmt, dtype=target, device="meta"
+            )
+            state["model.embed_tokens.blocks"] = tensor
+            if config.tie_embeddings:
+                tied_head = GGUFLinear.from_blocks(tensor, fmt, config.n_embd)
+            continue
         if tensor.dtype == torch.uint8:
             layer_name = name.removesuffix(".weight")
             old = modules[layer_name]
@@ -544,15 +554,6 @@ def load_gguf_model(
             setattr(modules[parent] if parent else model, child, new)
             state[f"{layer_name}.blocks"] = tensor
             continue
-        if (
-            keep
-            and config.tie_embeddings
-            and name == "model.embed_tokens.weight"
-            and info.type in KEPT_TYPES
-        ):
-            tied_head = GGUFLinear.from_blocks(
-                tensor_blocks(info), KEPT_TYPES[info.type], config.n_embd
-            )
         state[name] = tensor.to(device=device or "cpu", dtype=target)
     missing = [k for k in model.state_dict() if k not in state]
     if config.tie_embeddings and "lm_head.weight" in missing:

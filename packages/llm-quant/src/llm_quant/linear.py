@@ -5,6 +5,8 @@ decode, a dequantize-and-multiply elsewhere).
 - :class:`Int8Linear`: the project's int8 (per output channel).
 - :class:`Q4Linear`: the project's q4 (groups of 32, 64 or 128, optional zero points).
 - :class:`GGUFLinear`: GGUF Q8_0 / Q4_0 / Q4_1 blocks exactly as they are in the file.
+- :class:`GGUFEmbedding`: an embedding table kept as such blocks; a lookup dequantizes the
+  rows it reads.
 
 Quantized tensors are persistent buffers (``qweight``, ``scales``, ``mins``, ``blocks``), so
 ``state_dict`` and safetensors carry them in their own dtypes; a bias stays a float parameter.
@@ -227,3 +229,37 @@ class GGUFLinear(QuantLinear):
     def dequantize(self) -> torch.Tensor:
         """The float32 weight ``[N, K]`` this layer multiplies by."""
         return quant.dequantize(self.blocks, self.format)
+
+
+class GGUFEmbedding(nn.Module):
+    """``nn.Embedding`` over GGUF ``Q8_0``/``Q4_0``/``Q4_1`` rows: ``blocks`` uint8
+    ``[V, D/32*B]``; a lookup dequantizes only the rows it reads (float32, or ``dtype``)."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        format: str,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if format not in BLOCK_BYTES:
+            raise ValueError(f"GGUF format must be one of {sorted(BLOCK_BYTES)}, got {format!r}")
+        if embedding_dim % QK:
+            raise ValueError(f"{format}: embedding_dim {embedding_dim} is not a multiple of {QK}")
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.format, self.dtype = format, dtype
+        row = embedding_dim // QK * BLOCK_BYTES[format]
+        self.register_buffer(
+            "blocks", torch.zeros(num_embeddings, row, dtype=torch.uint8, device=device)
+        )
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.blocks[ids.reshape(-1)]  # (n, row bytes)
+        values = quant.dequantize(rows, self.format)  # (n, D)
+        return values.to(self.dtype).reshape(*ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, format={self.format}"
