@@ -12,7 +12,7 @@ refuses a file (a tokenizer it cannot read), the same weights load through
 llama.cpp runs with ``n_batch=1`` (this VM's setting) and an F32 KV cache like ours. Each
 engine: a 32-token prompt and 128 greedy tokens, round-robin, best of --repeats; greedy
 agreement with llama.cpp; each engine's fraction of the read-bandwidth limit (the bytes of the
-file's matrices read per token over the read bandwidth of a buffer that size); peak RSS after
+file's matrices read per token over the read bandwidth of a buffer that size); resident memory after
 load of each engine in a fresh process beside the file size. Appends one JSON line to
 .bench/decode_quant.jsonl and prints a table.
 """
@@ -295,7 +295,8 @@ def main() -> None:
         )
         for engine, (before, after) in r.get("peak_rss_bytes", {}).items():
             print(
-                f"  peak RSS {engine}: {after / 2**20:.0f} MiB ({(after - before) / 2**20:.0f} MiB for the model)"
+                f"  resident after load, {engine}: {after / 2**20:.0f} MiB "
+                f"({(after - before) / 2**20:.0f} MiB for the model)"
             )
         if r["ours_loaded_by"] != "llm_infer.load":
             print(f"  ours loaded by {r['ours_loaded_by']}")
