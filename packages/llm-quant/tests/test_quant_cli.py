@@ -1,53 +1,95 @@
-"""``llm-quant inspect`` and ``llm-quant validate`` on a small GGUF file: tables, JSON, errors."""
+"""`llm-quant quantize` and `llm-quant report` on a tiny checkpoint."""
 
 from __future__ import annotations
 
 import json
-import sys
 
-import gguf
+import torch
+from llm_core import ModelConfig, Transformer, load_model, save_model
+from llm_quant import Q4Linear
 from llm_quant.cli import main
 
-T = gguf.GGMLQuantizationType
+CONFIG = ModelConfig(vocab_size=256, n_embd=128, n_layer=1, n_head=4, n_kv_head=2, max_seq_len=64)
 
 
-def test_inspect_json_lists_metadata_and_tensors(tiny_gguf, capsys):
-    _, path = tiny_gguf("qwen2", T.Q8_0)
-    assert main(["inspect", str(path), "--tensors", "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    reader = gguf.GGUFReader(str(path))
-    assert info["version"] == 3 and info["metadata"]["general.architecture"] == "qwen2"
-    assert info["metadata"]["tokenizer.ggml.tokens"]["length"] == 96  # abbreviated
-    assert info["metadata"]["qwen2.block_count"] == 2
-    assert [t["name"] for t in info["tensors"]] == [t.name for t in reader.tensors]
-    by_name = {t["name"]: t for t in info["tensors"]}
-    q = by_name["blk.0.attn_q.weight"]
-    assert (q["type"], q["shape"], q["bytes"]) == ("Q8_0", [64, 64], 64 * 64 // 32 * 34)
-    assert by_name["blk.0.attn_q.bias"]["type"] == "F32"
-    assert info["tensor_bytes"] == sum(int(t.n_bytes) for t in reader.tensors)
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    return save_model(Transformer(CONFIG).eval(), tmp_path / "float")
 
 
-def test_inspect_table(tiny_gguf, capsys):
-    _, path = tiny_gguf("llama", T.Q4_1)
-    assert main(["inspect", str(path)]) == 0
+def test_quantize_writes_a_checkpoint_that_loads(tmp_path, capsys):
+    src = checkpoint(tmp_path)
+    assert (
+        main(
+            [
+                "quantize",
+                str(src),
+                "--scheme",
+                "q4",
+                "--group-size",
+                "32",
+                "--zero-points",
+                "--out",
+                str(tmp_path / "q4"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "llama.embedding_length" in out and "[96 items]" in out
-    assert "--tensors lists them" in out and "blk.0.attn_q.weight" not in out
-    assert main(["inspect", str(path), "--tensors"]) == 0
+    assert "q4 g32 zp: 6 linear layers quantized" in out and "MiB (fp32)" in out
+    config = json.loads((tmp_path / "q4" / "config.json").read_text())
+    assert config["quantization"]["scheme"] == {
+        "name": "q4",
+        "group_size": 32,
+        "zero_points": True,
+        "activations": "int8",
+    }
+    model = load_model(tmp_path / "q4")
+    assert isinstance(model.model.layers[0].self_attn.o_proj, Q4Linear)
+
+
+def test_report_prints_each_scheme(tmp_path, capsys):
+    src = checkpoint(tmp_path)
+    assert main(["report", str(src), "--rows", "2", "--length", "16", "--layers"]) == 0
     out = capsys.readouterr().out
-    assert "blk.0.attn_q.weight" in out and "Q4_1" in out
+    assert "int8" in out and "q4 g64" in out and "model.layers.0.mlp.down_proj" in out
 
 
-def test_errors_are_one_line(tmp_path, capsys, tiny_gguf, monkeypatch):
-    bad = tmp_path / "bad.gguf"
-    bad.write_bytes(b"GGML" + b"\0" * 40)
-    assert main(["inspect", str(bad)]) == 1
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "quantize",
+                str(tmp_path / "missing"),
+                "--scheme",
+                "int8",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
-    assert err.startswith("llm-quant: error: ") and "not a GGUF file" in err
-    assert len(err.strip().splitlines()) == 1
-    assert main(["inspect", str(tmp_path / "none.gguf")]) == 1
-    assert "no such GGUF file" in capsys.readouterr().err
-    _, path = tiny_gguf("llama")
-    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if not installed
-    assert main(["validate", str(path)]) == 1
-    assert "install llama-cpp-python" in capsys.readouterr().err
+    assert (
+        err.startswith("llm-quant: error: ")
+        and "no such checkpoint" in err
+        and err.count("\n") == 1
+    )
+    src = checkpoint(tmp_path)
+    assert (
+        main(
+            [
+                "quantize",
+                str(src),
+                "--scheme",
+                "q4",
+                "--group-size",
+                "48",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
+    assert "group_size must be 32, 64 or 128" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gguf
 import pytest
 import torch
+from llm_quant import GGUFEmbedding, GGUFLinear
 from llm_quant.gguf import GGUFError, GGUFFile, gguf_config, load_gguf_model, unpermute_qk
 
 T = gguf.GGMLQuantizationType
@@ -16,7 +17,7 @@ TYPES = [T.F32, T.F16, T.Q8_0, T.Q4_0, T.Q4_1]
 def test_logits_match_hf_with_the_same_weights(arch, qtype, tiny_gguf):
     """Our model from the GGUF against HF's holding the same (dequantized by gguf-py) weights."""
     hf, path = tiny_gguf(arch, qtype)
-    ours, _ = load_gguf_model(path)
+    ours, _ = load_gguf_model(path, quantized=False)
     ids = torch.randint(
         0, hf.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1)
     )
@@ -28,12 +29,40 @@ def test_logits_match_hf_with_the_same_weights(arch, qtype, tiny_gguf):
 
 def test_tied_embeddings_when_output_weight_is_absent(tiny_gguf):
     hf, path = tiny_gguf("llama", T.Q8_0, tie=True)
-    ours, file = load_gguf_model(path)
+    ours, file = load_gguf_model(path, quantized=False)
     assert "output.weight" not in file.tensors and ours.config.tie_embeddings
     assert ours.lm_head.weight is ours.model.embed_tokens.weight
     ids = torch.arange(20).reshape(1, 20)
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0, T.Q4_1], ids=lambda t: t.name)
+@pytest.mark.parametrize(("arch", "tie"), [("llama", False), ("qwen2", True)])
+def test_quantized_load_keeps_the_blocks_and_matches_hf(arch, tie, qtype, tiny_gguf):
+    """The default load: linear layers are GGUFLinear over the file's own bytes (a tied head
+    over the embedding's), the same logits with float activations, close with int8 ones."""
+    hf, path = tiny_gguf(arch, qtype, tie=tie)
+    ours, file = load_gguf_model(path)
+    layers = [m for m in ours.modules() if isinstance(m, GGUFLinear)]
+    assert len(layers) == 7 * ours.config.n_layer + 1  # q k v o gate up down, and the head
+    assert all(m.format == qtype.name.lower() for m in layers)
+    assert isinstance(ours.model.embed_tokens, GGUFEmbedding)  # rows dequantized on lookup
+    o_proj = ours.model.layers[0].self_attn.o_proj
+    mapped = file.tensors["blk.0.attn_output.weight"].data
+    assert o_proj.blocks.data_ptr() == mapped.ctypes.data  # the file's bytes, not a copy
+    ids = torch.randint(
+        0, hf.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(2)
+    )
+    with torch.no_grad():
+        expected = hf(ids).logits  # [1, 16, V]
+        int8 = ours(ids)
+        for m in layers:
+            m.activations = "float"
+        exact = ours(ids)
+    torch.testing.assert_close(exact, expected, atol=1e-4, rtol=0)
+    rel = ((int8 - expected).norm() / expected.norm()).item()
+    assert rel < 0.05, rel
 
 
 def test_config_from_metadata(tiny_gguf):

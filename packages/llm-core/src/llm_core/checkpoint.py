@@ -4,7 +4,10 @@ an optional ``tokenizer.json``.
 Writes are atomic: everything goes into a temporary sibling directory, is fsynced, and then
 replaces the target in one rename, so a failure midway leaves the previous checkpoint intact.
 Loading rebuilds the model from the stored config (never the caller's) and checks every
-tensor's name and shape. An HF ``LlamaForCausalLM``/``MistralForCausalLM``/``Qwen2ForCausalLM``
+tensor's name and shape. A quantized model (one with a ``quantization`` attribute, set by
+llm-quant) is saved with that entry in ``config.json``; loading one asks the entry point of
+the ``llm_core.quantization`` group named by its ``method`` to rebuild the quantized layers
+on the 'meta' device, so the float weights never exist. An HF ``LlamaForCausalLM``/``MistralForCausalLM``/``Qwen2ForCausalLM``
 directory loads through the same :func:`load_model`.
 """
 
@@ -17,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +64,9 @@ def save_model(
     tensors = checkpoint_state_dict(model)
     with _atomic_directory(path) as tmp:
         config = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.config.to_dict()}
+        quantization = getattr(model, "quantization", None)
+        if quantization is not None:
+            config["quantization"] = quantization
         _write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
         meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
         shards = _shard(tensors, max_shard_bytes)
@@ -216,7 +223,10 @@ def load_model(
     target_dtype = dtype or DTYPES[config.dtype]
     with torch.device("meta"):
         model = Transformer(config)
+    if "quantization" in raw:
+        _prepare_quantized(model, raw["quantization"], config_path)
     expected = expected_shapes(model)
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     state: dict[str, torch.Tensor] = {}
     for file in files:
         for name, tensor in _read_safetensors(file, check_format=rename is None):
@@ -232,7 +242,8 @@ def load_model(
                 raise CheckpointError(
                     f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {want}"
                 )
-            state[key] = tensor.to(device=device or "cpu", dtype=target_dtype)
+            cast = target_dtype if key in parameters else tensor.dtype
+            state[key] = tensor.to(device=device or "cpu", dtype=cast)
     missing = [k for k in expected if k not in state]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -246,6 +257,23 @@ def load_model(
     return model.eval()
 
 
+def _prepare_quantized(model: Transformer, quantization: Any, config_path: Path) -> None:
+    """Rebuild the quantized layers that ``quantization`` (from ``config.json``) describes,
+    through the ``llm_core.quantization`` entry point its ``method`` names."""
+    method = quantization.get("method") if isinstance(quantization, dict) else None
+    found = [ep for ep in entry_points(group="llm_core.quantization") if ep.name == method]
+    if not found:
+        raise CheckpointError(
+            f"{config_path}: quantized with method {method!r}, which no installed package "
+            "provides (install llm-quant)"
+        )
+    try:
+        found[0].load()(model, quantization)
+    except ValueError as exc:
+        raise CheckpointError(f"{config_path}: quantization: {exc}") from None
+    model.quantization = quantization
+
+
 def _our_config(raw: dict[str, Any], config_path: Path) -> ModelConfig:
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"{config_path}: format {raw.get('format')!r} is not {FORMAT!r}")
@@ -254,7 +282,7 @@ def _our_config(raw: dict[str, Any], config_path: Path) -> ModelConfig:
         raise CheckpointError(
             f"{config_path}: format_version {version!r} is not supported (this llm-core reads {FORMAT_VERSION})"
         )
-    fields = {k: v for k, v in raw.items() if k not in ("format", "format_version")}
+    fields = {k: v for k, v in raw.items() if k not in ("format", "format_version", "quantization")}
     try:
         return ModelConfig.from_dict(fields, source=str(config_path))
     except ConfigError as exc:

@@ -147,11 +147,18 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-def decode_layout(module: nn.Linear) -> None:
+def _all_float_linears(*modules: nn.Module) -> bool:
+    return all(isinstance(m, nn.Linear) for m in modules)
+
+
+def decode_layout(module: nn.Module) -> None:
     """Store ``module``'s weight in the memory layout that decode reads fastest
     (:func:`llm_kernels.decode_weight_layout`): row-major for the native CPU kernel, else
     input-major (``[in, out]`` in memory: the same ``[out, in]`` tensor with transposed
-    strides, an untransposed operand for BLAS). Values, shapes and names are unchanged."""
+    strides, an untransposed operand for BLAS). Values, shapes and names are unchanged.
+    Anything but a float ``nn.Linear`` (a quantized layer) is left as it is."""
+    if not isinstance(module, nn.Linear):
+        return
     weight = module.weight
     if decode_weight_layout(weight) == "row-major":
         if not weight.is_contiguous():
@@ -176,8 +183,11 @@ class Attention(nn.Module):
 
     def fuse(self) -> None:
         """Compute q, k and v with one matrix product in inference (see :class:`FusedLinears`);
-        nothing to do while an earlier fusion is intact."""
-        if self.qkv is None or not self.qkv.intact():
+        nothing to do while an earlier fusion is intact, or when a projection is not a float
+        ``nn.Linear`` (a quantized layer)."""
+        if not _all_float_linears(self.q_proj, self.k_proj, self.v_proj):
+            self.qkv = None
+        elif self.qkv is None or not self.qkv.intact():
             self.qkv = FusedLinears([self.q_proj, self.k_proj, self.v_proj])
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
@@ -232,8 +242,10 @@ class MLP(nn.Module):
 
     def fuse(self) -> None:
         """Compute gate and up with one matrix product in inference (see :class:`FusedLinears`);
-        nothing to do while an earlier fusion is intact."""
-        if self.gated and (self.gate_up is None or not self.gate_up.intact()):
+        nothing to do while an earlier fusion is intact, or for quantized layers."""
+        if self.gated and not _all_float_linears(self.gate_proj, self.up_proj):
+            self.gate_up = None
+        elif self.gated and (self.gate_up is None or not self.gate_up.intact()):
             self.gate_up = FusedLinears([self.gate_proj, self.up_proj])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -312,11 +324,11 @@ class Transformer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
+        return self.model.norm.weight.dtype  # a norm: the embedding may be quantized
 
     @property
     def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
+        return self.model.norm.weight.device
 
     def fuse_projections(self) -> Transformer:
         """Fuse each layer's q/k/v and gate/up projections for inference; returns ``self``.

@@ -11,6 +11,11 @@ tables and the dequantizers of the rarer types.
 Tensors load one at a time through :func:`tensor_to_float` (the one per-tensor step: a tensor's
 info in, a float32 torch tensor out), are renamed to llm-core's names, and for ``llama`` models
 the q/k row permutation that llama.cpp's converter applies is undone (``qwen2`` keeps HF's order).
+By default the linear layers' Q8_0 / Q4_0 / Q4_1 weights are not dequantized: they stay the
+file's blocks (memory-mapped) inside :class:`~llm_quant.linear.GGUFLinear` layers, which the
+native kernels multiply by directly; a tied LM head gets such a layer over the embedding's
+blocks, and the embedding table stays blocks too (:class:`~llm_quant.linear.GGUFEmbedding`).
+Other types (K-quants, F16, ...) are dequantized to float.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import math
 import mmap
 import struct
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,14 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from llm_core import ConfigError, ModelConfig, Transformer
 
 from llm_quant.dequant import dequantize, supported_types
+from llm_quant.linear import GGUFEmbedding, GGUFLinear
+
+KEPT_TYPES = {  # GGUF types whose blocks linear layers multiply by as they are
+    GGMLQuantizationType.Q8_0: "q8_0",
+    GGMLQuantizationType.Q4_0: "q4_0",
+    GGMLQuantizationType.Q4_1: "q4_1",
+}
+_KEPT_SUFFIXES = ("_proj.weight", "lm_head.weight", "embed_tokens.weight")
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -462,6 +476,15 @@ def tensor_to_float(info: TensorInfo) -> torch.Tensor:
         ) from None
 
 
+def tensor_blocks(info: TensorInfo) -> torch.Tensor:
+    """A 2-D quantized tensor's blocks as ``uint8 [rows, row bytes]``: a view of the mapped file
+    (no copy; read-only, which torch cannot mark, so never write to it)."""
+    raw = np.asarray(info.data).reshape(info.shape[0], -1)  # (rows, row bytes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns on read-only arrays
+        return torch.from_numpy(raw.view(np.uint8))
+
+
 def unpermute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     """Undo llama.cpp's q/k row permutation for ``llama`` models (its converter interleaves the
     two halves of each head's rotary pairs): rows ``[H * D]`` regrouped per head from
@@ -472,11 +495,13 @@ def unpermute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def iter_model_tensors(
-    gguf: GGUFFile, config: ModelConfig
+    gguf: GGUFFile, config: ModelConfig, *, keep_quantized: bool = False
 ) -> Iterator[tuple[str, TensorInfo, torch.Tensor]]:
-    """Yield ``(llm_core_name, info, float_tensor)`` one tensor at a time, renamed, shape-checked
-    against ``config`` and with llama's q/k permutation undone. Raises :class:`GGUFError` for an
-    unknown tensor name or a shape that disagrees with the config."""
+    """Yield ``(llm_core_name, info, tensor)`` one tensor at a time, renamed, shape-checked
+    against ``config`` and with llama's q/k permutation undone: float32, or with
+    ``keep_quantized`` a linear layer's weight of a :data:`KEPT_TYPES` type as its blocks
+    (:func:`tensor_blocks`; uint8), and so the embedding table. Raises :class:`GGUFError` for an unknown tensor name or a
+    shape that disagrees with the config."""
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in Transformer(config).state_dict().items()}
     if config.tie_embeddings:
@@ -491,7 +516,10 @@ def iter_model_tensors(
                 f"{gguf.path}: tensor {info.name!r} has shape {info.shape}, but the config "
                 f"needs {expected[name]}"
             )
-        tensor = tensor_to_float(info)
+        if keep_quantized and info.type in KEPT_TYPES and name.endswith(_KEPT_SUFFIXES):
+            tensor = tensor_blocks(info)  # rows permute like float rows: blocks never span two
+        else:
+            tensor = tensor_to_float(info)
         if permute and name.endswith(("q_proj.weight", "q_proj.bias")):
             tensor = unpermute_qk(tensor, config.n_head)
         elif permute and name.endswith(("k_proj.weight", "k_proj.bias")):
@@ -504,21 +532,53 @@ def load_gguf_model(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    quantized: bool = True,
 ) -> tuple[Transformer, GGUFFile]:
-    """Load a GGUF file's model as an llm-core :class:`~llm_core.Transformer` (float weights).
+    """Load a GGUF file's model as an llm-core :class:`~llm_core.Transformer`.
 
-    Tensors are dequantized one at a time and moved into the model, so the file (mapped, not
-    read into memory) and the float model are the only large allocations. ``dtype`` defaults
-    to float32. Returns the model (in eval mode) and the open file, whose ``metadata`` holds the
-    tokenizer. Raises :class:`GGUFError` naming the file and the problem.
+    With ``quantized`` (the default, on CPU), linear layers stored as Q8_0 / Q4_0 / Q4_1 stay
+    the file's blocks in :class:`~llm_quant.linear.GGUFLinear` layers (memory-mapped: resident
+    memory about the file's size), and a tied LM head multiplies by the embedding's blocks the
+    same way. Everything else is dequantized one tensor at a time and moved into the model, so
+    the file (mapped, not read into memory) and the float tensors are the only large
+    allocations. ``dtype`` (default float32) applies to the float tensors. Returns the model
+    (in eval mode) and the open file, whose ``metadata`` holds the tokenizer. Raises
+    :class:`GGUFError` naming the file and the problem.
     """
     gguf = GGUFFile(path)
     config = gguf.config()
     target = dtype or torch.float32
+    keep = quantized and torch.device(device or "cpu").type == "cpu"
     with torch.device("meta"):
         model = Transformer(config)
+    modules = dict(model.named_modules())
     state: dict[str, torch.Tensor] = {}
-    for name, _info, tensor in iter_model_tensors(gguf, config):
+    tied_head: GGUFLinear | None = None
+    for name, info, tensor in iter_model_tensors(gguf, config, keep_quantized=keep):
+        if tensor.dtype == torch.uint8 and name == "model.embed_tokens.weight":
+            fmt = KEPT_TYPES[info.type]
+            model.model.embed_tokens = GGUFEmbedding(
+                config.vocab_size, config.n_embd, fmt, dtype=target, device="meta"
+            )
+            state["model.embed_tokens.blocks"] = tensor
+            if config.tie_embeddings:
+                tied_head = GGUFLinear.from_blocks(tensor, fmt, config.n_embd)
+            continue
+        if tensor.dtype == torch.uint8:
+            layer_name = name.removesuffix(".weight")
+            old = modules[layer_name]
+            new = GGUFLinear(
+                old.in_features,
+                old.out_features,
+                KEPT_TYPES[info.type],
+                old.bias is not None,
+                device="meta",
+                dtype=target,
+            )
+            parent, _, child = layer_name.rpartition(".")
+            setattr(modules[parent] if parent else model, child, new)
+            state[f"{layer_name}.blocks"] = tensor
+            continue
         state[name] = tensor.to(device=device or "cpu", dtype=target)
     missing = [k for k in model.state_dict() if k not in state]
     if config.tie_embeddings and "lm_head.weight" in missing:
@@ -527,7 +587,9 @@ def load_gguf_model(
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise GGUFError(f"{gguf.path}: missing tensor for {missing[0]!r}{more}")
     model.load_state_dict(state, strict=False, assign=True)
-    if config.tie_embeddings:
+    if tied_head is not None:
+        model.lm_head = tied_head
+    elif config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     rotary = model.model.rotary_emb
     if rotary is not None:  # a non-persistent buffer, still on 'meta' after assign
