@@ -1,7 +1,9 @@
 """The one dispatch point: every op that model code calls, routed to an implementation.
 
-Triton kernels are chosen for CUDA tensors (or every tensor when ``TRITON_INTERPRET=1``) once
-they exist for an op; otherwise the torch reference or an aten fast path runs. The signatures
+Triton kernels (:mod:`llm_kernels.triton`) run on CUDA tensors, and on CPU tensors when
+``TRITON_INTERPRET=1`` is set at call time (Triton's interpreter: slow, for tests), outside
+``torch.compile`` graphs (inductor writes its own kernels there); otherwise the torch reference
+or an aten fast path runs. The signatures
 here are the contract: implementations behind them may change, callers never need to.
 """
 
@@ -14,6 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from llm_kernels import native, reference
+
+try:  # triton is a Linux-only dependency; elsewhere every op runs its torch path
+    from llm_kernels import triton as triton_ops
+except ImportError:
+    triton_ops = None
 
 
 def attention(
@@ -39,9 +46,15 @@ def attention(
     Up to :data:`~llm_kernels.native.MAX_ROWS` queries per row of float32 on CPU (decode) run
     the native kernel ``torch.ops.llm_kernels.attend_rows`` when it is available (see
     :mod:`llm_kernels.native`), unless gradients are needed; longer queries (prefill) run
-    torch's SDPA.
+    torch's SDPA. Where Triton runs (see the module docstring) and no gradient is needed, the
+    flash kernel :func:`llm_kernels.triton.attention` takes every shape instead (``mask`` is
+    then unused: the kernel masks by the positions).
     """
     _check_attention_shapes(q, k, v, q_pos, k_pos)
+    if _triton_runs(q, k, v, q_pos, k_pos) and not _needs_grad(q, k, v):
+        return triton_ops.attention(
+            q, k, v, q_pos, k_pos, window=window, sink_tokens=sink_tokens, scale=scale
+        )
     if _attend_kernel_applies(q, k, v) and _native_available():
         if mask is None:
             mask = reference.attention_mask(q_pos, k_pos, window=window, sink_tokens=sink_tokens)
@@ -97,6 +110,17 @@ def decode_weight_layout(weight: torch.Tensor) -> Literal["row-major", "input-ma
     if weight.device.type == "cpu" and weight.dtype == torch.float32 and _native_available():
         return "row-major"
     return "input-major"
+
+
+def _triton_runs(*tensors: torch.Tensor | None) -> bool:
+    """Whether the Triton kernels take these tensors (see the module docstring)."""
+    if triton_ops is None or torch.compiler.is_compiling():
+        return False
+    return triton_ops.runs_on(*tensors)
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 @torch.compiler.assume_constant_result

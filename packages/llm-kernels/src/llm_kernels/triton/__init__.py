@@ -1,0 +1,11 @@
+"""Triton kernels behind :mod:`llm_kernels.ops`'s dispatchers.
+
+Each module holds one op's kernels and a wrapper that checks shapes, allocates the output and
+launches. They run compiled on CUDA tensors and under Triton's interpreter on CPU tensors when
+``TRITON_INTERPRET=1`` is set at launch time (:func:`runs_on`); see :mod:`._jit`.
+"""
+
+from llm_kernels.triton._jit import interpreting, runs_on
+from llm_kernels.triton.attention import attention
+
+__all__ = ["attention", "interpreting", "runs_on"]
