@@ -51,10 +51,11 @@ TOLERANCES = {
 }
 
 
-def _assert_close(actual, expected, what="", tol=None):
-    """``torch.testing.assert_close`` with the dtype's tolerance; the message names the op, the
-    worst mismatch (index, both values) and the dtype."""
-    atol, rtol = tol or TOLERANCES[actual.dtype]
+def _assert_close(actual, expected, what="", tol=None, dtype=None):
+    """``torch.testing.assert_close`` with the tolerance of ``dtype`` (default: ``actual``'s,
+    else an explicit ``tol=(atol, rtol)``); the message names the op, the worst mismatch
+    (index, both values) and the dtype."""
+    atol, rtol = tol or TOLERANCES[dtype or actual.dtype]
     a, e = actual.detach().float().cpu(), expected.detach().float().cpu()
     diff = (a - e).abs()
     if diff.numel() and not torch.isfinite(diff).all():
@@ -72,6 +73,6 @@ def _assert_close(actual, expected, what="", tol=None):
 
 @pytest.fixture
 def assert_close():
-    """``assert_close(actual, expected, what, tol=None)``: per-dtype tolerance, worst mismatch
-    printed on failure."""
+    """``assert_close(actual, expected, what, tol=None, dtype=None)``: per-dtype tolerance,
+    worst mismatch printed on failure."""
     return _assert_close

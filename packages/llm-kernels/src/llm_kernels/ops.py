@@ -72,20 +72,60 @@ def attention(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding, half-split layout; see :func:`llm_kernels.reference.apply_rope`."""
+    """Rotary position embedding, half-split layout; see :func:`llm_kernels.reference.apply_rope`.
+
+    Where Triton runs, :func:`llm_kernels.triton.apply_rope` (differentiable). Raises
+    ``ValueError`` when the tables do not fit ``x``.
+    """
     if cos.shape[-1] * 2 != x.shape[-1]:
         raise ValueError(
             f"apply_rope: tables have {cos.shape[-1]} frequencies, x has head_dim {x.shape[-1]}"
         )
+    if _triton_runs(x, cos, sin):
+        return triton_ops.apply_rope(x, cos, sin)
     return reference.apply_rope(x, cos, sin)
 
 
+def apply_rope_qk(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`apply_rope` of queries ``[B, H, T, D]`` and keys ``[B, H_kv, T, D]`` at the same
+    positions: one fused launch where Triton runs (each table read once for both), two
+    reference rotations otherwise. Raises ``ValueError`` when the tables do not fit."""
+    for name, x in (("q", q), ("k", k)):
+        if cos.shape[-1] * 2 != x.shape[-1]:
+            raise ValueError(
+                f"apply_rope_qk: tables have {cos.shape[-1]} frequencies, {name} has head_dim "
+                f"{x.shape[-1]}"
+            )
+    if _triton_runs(q, k, cos, sin):
+        q_out, k_out = triton_ops.apply_rope_qk(q, k, cos, sin)
+        return q_out, k_out
+    return reference.apply_rope(q, cos, sin), reference.apply_rope(k, cos, sin)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """RMSNorm over the last dimension; see :func:`llm_kernels.reference.rms_norm`."""
+    """RMSNorm over the last dimension; see :func:`llm_kernels.reference.rms_norm`.
+
+    Where Triton runs, :func:`llm_kernels.triton.rms_norm` (forward and backward kernels).
+    """
+    if _triton_runs(x, weight):
+        return triton_ops.rms_norm(x, weight, eps)
     if x.dtype == torch.float32 and weight.dtype == torch.float32:
         # aten's own op: the same float32 arithmetic in one call instead of seven
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     return reference.rms_norm(x, weight, eps)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-norm block's ``h = x + residual`` then ``rms_norm(h, weight, eps)``: returns
+    ``(normed, h)``. One fused kernel where Triton runs; two ops otherwise."""
+    if _triton_runs(x, residual, weight):
+        return triton_ops.add_rms_norm(x, residual, weight, eps)
+    h = x + residual
+    return rms_norm(h, weight, eps), h
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

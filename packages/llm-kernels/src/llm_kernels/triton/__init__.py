@@ -7,5 +7,15 @@ launches. They run compiled on CUDA tensors and under Triton's interpreter on CP
 
 from llm_kernels.triton._jit import interpreting, runs_on
 from llm_kernels.triton.attention import attention
+from llm_kernels.triton.rms_norm import add_rms_norm, rms_norm
+from llm_kernels.triton.rope import apply_rope, apply_rope_qk
 
-__all__ = ["attention", "interpreting", "runs_on"]
+__all__ = [
+    "add_rms_norm",
+    "apply_rope",
+    "apply_rope_qk",
+    "attention",
+    "interpreting",
+    "rms_norm",
+    "runs_on",
+]
