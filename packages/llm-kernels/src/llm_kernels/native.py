@@ -1,6 +1,6 @@
 """Native CPU kernels, compiled on this machine at first use.
 
-Two ops, for the two things decode spends its time in (float32 on CPU):
+Three ops, for the things decode spends its time in (float32 activations on CPU):
 
 - ``torch.ops.llm_kernels.linear_rows`` (``csrc/linear_rows.cpp``): ``F.linear`` for up to
   :data:`MAX_ROWS` rows. It reads each weight once for all rows: as fast as torch's BLAS (MKL)
@@ -10,8 +10,12 @@ Two ops, for the two things decode spends its time in (float32 on CPU):
   :data:`MAX_ROWS` queries per row against a KV cache, under a boolean mask, grouped-query
   heads reading each key and value once. :func:`llm_kernels.attention` dispatches decode's
   attention to it.
+- ``torch.ops.llm_kernels.quant_rows`` (``csrc/quant_rows.cpp``): the same product with the
+  weights kept quantized (GGUF Q8_0 / Q4_0 / Q4_1 blocks, the project's int8 and q4), with
+  int8 dot products on activations quantized per block of 32 or with the weights widened in
+  registers. :func:`llm_kernels.quant.quant_linear` dispatches to it.
 
-Figures in docs/benchmarks.md. :func:`available` compiles both sources into one library with
+Figures in docs/benchmarks.md. :func:`available` compiles the sources into one library with
 the C++ compiler on ``PATH`` (``$CXX``, else ``g++``) against torch's own headers and
 libraries, for this CPU (``-march=native``), once per version of the sources, torch and CPU:
 the library is kept under ``$LLM_KERNELS_CACHE`` (default ``~/.cache/llm-kernels``) and later
@@ -38,7 +42,8 @@ import torch
 MAX_ROWS = 16  # input rows that linear_rows takes (kMaxRows in its source); queries per row
 # that llm_kernels.attention hands to attend_rows
 SOURCES = tuple(
-    Path(__file__).parent / "csrc" / name for name in ("linear_rows.cpp", "attend_rows.cpp")
+    Path(__file__).parent / "csrc" / name
+    for name in ("linear_rows.cpp", "attend_rows.cpp", "quant_rows.cpp")
 )
 
 log = logging.getLogger(__name__)
@@ -144,6 +149,19 @@ def _register_fake() -> None:
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
     ) -> torch.Tensor:
         return q.new_empty(q.shape)
+
+    @torch.library.register_fake("llm_kernels::quant_rows")
+    def _(
+        x: torch.Tensor,
+        qweight: torch.Tensor,
+        scales: torch.Tensor | None,
+        mins: torch.Tensor | None,
+        format: int,
+        group_size: int,
+        bias: torch.Tensor | None,
+        int8_activations: bool,
+    ) -> torch.Tensor:
+        return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
 
 def available() -> bool:

@@ -152,3 +152,128 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
+
+
+# Quantized weight layouts, shared by the native CPU kernels (llm_kernels.quant) and the Triton
+# ones. Every weight is for ``y = x @ W.T`` with ``W`` logically ``[N, K]`` (out, in).
+#
+# GGUF blocks, kept as in the file: ``uint8 [N, K // 32 * B]``, each row the bytes of its blocks.
+#   Q8_0 (B = 34): fp16 d, 32 int8 q;                 value = q * d
+#   Q4_0 (B = 18): fp16 d, 16 bytes of nibbles;       value = (q - 8) * d
+#   Q4_1 (B = 20): fp16 d, fp16 m, 16 bytes;          value = q * d + m
+# where byte j of a block's nibbles holds element j (low nibble) and element j + 16 (high).
+# The project's own schemes:
+#   int8: qweight int8 [N, K], scales float32 [N];    value = q * scale
+#   q4 (group G of 32, 64 or 128): qweight uint8 [N, K // 2], byte j of a group's G / 2 bytes
+#     holds element j (low nibble) and j + G / 2 (high); scales float16 [N, K // G], mins
+#     float16 [N, K // G] or None. Symmetric: value = (q - 8) * scale; else q * scale + min.
+
+QK = 32  # elements per GGUF block (Q8_0, Q4_0, Q4_1)
+BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}  # bytes per block of QK elements
+
+
+def _gguf_blocks(blocks: torch.Tensor, k: int, kind: str) -> torch.Tensor:
+    """``blocks`` ``uint8 [N, K/32*B]`` as ``[N, K/32, B]``, after checking the layout."""
+    size = BLOCK_BYTES[kind]
+    if blocks.dtype != torch.uint8 or blocks.dim() != 2:
+        raise ValueError(
+            f"{kind}: blocks must be a 2-D uint8 tensor, got {blocks.dtype} {tuple(blocks.shape)}"
+        )
+    if k <= 0 or k % QK != 0:
+        raise ValueError(f"{kind}: K must be a positive multiple of {QK}, got {k}")
+    if blocks.shape[1] != k // QK * size:
+        raise ValueError(
+            f"{kind}: K={k} needs {k // QK * size} bytes per row, blocks have {blocks.shape[1]}"
+        )
+    return blocks.reshape(blocks.shape[0], k // QK, size)  # (N, K/32, B)
+
+
+def _f16(raw: torch.Tensor) -> torch.Tensor:
+    """Two bytes per element (little-endian fp16) ``[..., 2]`` -> float32 ``[..., 1]``."""
+    return raw.contiguous().view(torch.float16).float()
+
+
+def _nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """``uint8 [..., G/2]`` -> ``uint8 [..., G]``: low nibbles (elements 0..G/2-1), then high."""
+    return torch.cat((packed & 0x0F, packed >> 4), dim=-1)
+
+
+def dequantize_q8_0(blocks: torch.Tensor, k: int) -> torch.Tensor:
+    """GGUF Q8_0 blocks ``uint8 [N, K/32*34]`` -> float32 ``[N, K]`` (value = q * d).
+
+    Bit-for-bit ``gguf.quants.dequantize``. Raises ``ValueError`` on a wrong dtype or size.
+    """
+    b = _gguf_blocks(blocks, k, "q8_0")  # (N, K/32, 34)
+    d = _f16(b[..., :2])  # (N, K/32, 1)
+    q = b[..., 2:].contiguous().view(torch.int8).float()  # (N, K/32, 32)
+    return (q * d).reshape(b.shape[0], k)
+
+
+def dequantize_q4_0(blocks: torch.Tensor, k: int) -> torch.Tensor:
+    """GGUF Q4_0 blocks ``uint8 [N, K/32*18]`` -> float32 ``[N, K]`` (value = (q - 8) * d).
+
+    Bit-for-bit ``gguf.quants.dequantize``. Raises ``ValueError`` on a wrong dtype or size.
+    """
+    b = _gguf_blocks(blocks, k, "q4_0")  # (N, K/32, 18)
+    d = _f16(b[..., :2])  # (N, K/32, 1)
+    q = _nibbles(b[..., 2:]).float() - 8.0  # (N, K/32, 32)
+    return (q * d).reshape(b.shape[0], k)
+
+
+def dequantize_q4_1(blocks: torch.Tensor, k: int) -> torch.Tensor:
+    """GGUF Q4_1 blocks ``uint8 [N, K/32*20]`` -> float32 ``[N, K]`` (value = q * d + m).
+
+    Bit-for-bit ``gguf.quants.dequantize`` (a product, then a sum: no fused multiply-add).
+    Raises ``ValueError`` on a wrong dtype or size.
+    """
+    b = _gguf_blocks(blocks, k, "q4_1")  # (N, K/32, 20)
+    d, m = _f16(b[..., :2]), _f16(b[..., 2:4])  # (N, K/32, 1) each
+    q = _nibbles(b[..., 4:]).float()  # (N, K/32, 32)
+    return (q * d + m).reshape(b.shape[0], k)
+
+
+def dequantize_int8(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The project's int8 weights: ``qweight`` int8 ``[N, K]`` and ``scales`` float32 ``[N]``
+    (symmetric per output channel) -> float32 ``[N, K]`` (value = q * scale).
+
+    Raises ``ValueError`` on a wrong dtype or shape.
+    """
+    if qweight.dtype != torch.int8 or qweight.dim() != 2:
+        raise ValueError(
+            f"int8: qweight must be a 2-D int8 tensor, got {qweight.dtype} {tuple(qweight.shape)}"
+        )
+    if scales.shape != (qweight.shape[0],):
+        raise ValueError(f"int8: scales must be [{qweight.shape[0]}], got {tuple(scales.shape)}")
+    return qweight.float() * scales.float().unsqueeze(1)  # (N, K)
+
+
+def dequantize_q4(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    mins: torch.Tensor | None,
+    group_size: int,
+) -> torch.Tensor:
+    """The project's q4 weights -> float32 ``[N, K]``.
+
+    ``qweight`` uint8 ``[N, K/2]`` (per group of ``group_size`` elements, byte j holds element
+    j in its low nibble and j + G/2 in its high one), ``scales`` float16 ``[N, K/G]``, ``mins``
+    float16 ``[N, K/G]`` or None. Symmetric (``mins`` None): value = (q - 8) * scale; with zero
+    points: value = q * scale + min. Raises ``ValueError`` on a wrong dtype or shape.
+    """
+    if group_size not in (32, 64, 128):
+        raise ValueError(f"q4: group_size must be 32, 64 or 128, got {group_size}")
+    if qweight.dtype != torch.uint8 or qweight.dim() != 2:
+        raise ValueError(
+            f"q4: qweight must be a 2-D uint8 tensor, got {qweight.dtype} {tuple(qweight.shape)}"
+        )
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    if k % group_size != 0:
+        raise ValueError(f"q4: K={k} is not a multiple of group_size={group_size}")
+    groups = k // group_size
+    for name, t in (("scales", scales), ("mins", mins)):
+        if t is not None and t.shape != (n, groups):
+            raise ValueError(f"q4: {name} must be [{n}, {groups}], got {tuple(t.shape)}")
+    q = _nibbles(qweight.reshape(n, groups, group_size // 2)).float()  # (N, K/G, G)
+    s = scales.float().unsqueeze(-1)  # (N, K/G, 1)
+    out = (q - 8.0) * s if mins is None else q * s + mins.float().unsqueeze(-1)  # (N, K/G, G)
+    return out.reshape(n, k)

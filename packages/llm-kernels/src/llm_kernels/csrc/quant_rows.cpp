@@ -1,0 +1,489 @@
+// llm_kernels::quant_rows(x, qweight, scales, mins, format, group_size, bias, int8_activations)
+// -> y: y = x @ W.T for up to 16 rows of float32 on CPU, W kept quantized as it is stored.
+//
+// Formats (layouts in llm_kernels/reference.py, W logically [N, K], K a multiple of 32):
+//   0 Q8_0, 1 Q4_0, 2 Q4_1: GGUF blocks, uint8 [N, K/32*B] (scales and mins unused);
+//   3 int8: int8 [N, K] with float32 scales [N];
+//   4 q4: uint8 [N, K/2] in groups of G (32, 64, 128), float16 scales [N, K/G] and optional
+//     float16 mins [N, K/G].
+// Every format is read as blocks of 32 weights with a scale d and (4-bit) an offset m:
+// w = q * d + m, q in 0..15 (4-bit; m = -8 d when symmetric) or -127..127 (8-bit; m = 0).
+//
+// Two ways to multiply, chosen per call:
+//   int8 activations: each row of x quantized per block of 32 (as llama.cpp's Q8_0/Q8_1:
+//     dx = amax / 127, qx = round(x / dx), sx = dx * sum(qx)); per block an int8 dot product
+//     (AVX-512 VNNI / AVX-VNNI vpdpbusd, else AVX2 maddubs), y += d dx dot + m sx.
+//   float activations: weights widened to float in registers, y += d sum(q x) + m sum(x);
+//     the exact dequantized product apart from float32 rounding.
+// Each weight row is read once for all input rows; output rows are shared between torch's
+// threads in chunks of about 128 KiB of weights as in linear_rows.cpp. Every output is
+// computed by the same sequence of operations whatever the chunking, so results do not
+// depend on the thread count. Without AVX2 (another CPU or architecture) the same arithmetic
+// runs as plain C++.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int64_t kQK = 32;              // weights per block
+constexpr int64_t kMaxRows = 16;         // input rows per call
+constexpr int64_t kChunkBytes = 131072;  // weights (bytes) per unit of work sharing
+constexpr int64_t kSerialBytes = 262144; // a smaller matrix stays on one thread
+constexpr int64_t kPrefetchBytes = 4096; // how far ahead of the weights being read
+
+enum Format : int64_t { kQ8_0 = 0, kQ4_0 = 1, kQ4_1 = 2, kInt8 = 3, kQ4 = 4 };
+
+inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  return c10::detail::fp16_ieee_to_fp32_value(h);
+#endif
+}
+
+inline uint16_t read_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// Where the weights of one format are.
+struct Weights {
+  const uint8_t* q;
+  int64_t row_bytes;           // bytes of q per weight row
+  const float* scales_f32;     // int8: [N]
+  const uint16_t* scales_f16;  // q4: [N, groups]
+  const uint16_t* mins_f16;    // q4 with zero points: [N, groups], else null
+  int64_t groups;              // q4: K / G
+  int64_t group;               // q4: G
+};
+
+// One block of 32 weights of row n: where its quantized values are, its scale and offset.
+// For 4-bit formats `nib` says which nibbles hold the block's values: 0: GGUF order (16 bytes,
+// low nibbles are elements 0..15, high 16..31), 1: the low nibbles of 32 bytes, 2: the high.
+struct BlockRef {
+  const uint8_t* p;
+  int nib;
+  float d, m;
+};
+
+template <int F, bool Min>
+inline BlockRef block_ref(const Weights& w, int64_t n, int64_t b) {
+  const uint8_t* row = w.q + n * w.row_bytes;
+  if constexpr (F == kQ8_0) {
+    const uint8_t* p = row + b * 34;
+    return {p + 2, 0, half_to_float(read_u16(p)), 0.f};
+  } else if constexpr (F == kQ4_0) {
+    const uint8_t* p = row + b * 18;
+    const float d = half_to_float(read_u16(p));
+    return {p + 2, 0, d, -8.f * d};
+  } else if constexpr (F == kQ4_1) {
+    const uint8_t* p = row + b * 20;
+    return {p + 4, 0, half_to_float(read_u16(p)), half_to_float(read_u16(p + 2))};
+  } else if constexpr (F == kInt8) {
+    return {row + b * kQK, 0, w.scales_f32[n], 0.f};
+  } else {
+    const int64_t per_group = w.group / kQK;  // blocks per group
+    const int64_t g = b / per_group, c = b % per_group;
+    const float d = half_to_float(w.scales_f16[n * w.groups + g]);
+    const float m = Min ? half_to_float(w.mins_f16[n * w.groups + g]) : -8.f * d;
+    const uint8_t* base = row + g * (w.group / 2);
+    if (w.group == kQK) return {base, 0, d, m};
+    const int64_t half = per_group / 2;  // blocks in the low nibbles of the group's bytes
+    return c < half ? BlockRef{base + c * kQK, 1, d, m} : BlockRef{base + (c - half) * kQK, 2, d, m};
+  }
+}
+
+constexpr bool is_4bit(int F) { return F == kQ4_0 || F == kQ4_1 || F == kQ4; }
+
+// The activations of m rows, prepared once per call.
+struct Acts {
+  const float* x;        // [m, K]
+  const int8_t* qx;      // [m, K] (int8 activations)
+  const float* dx;       // [m, K/32] (int8 activations)
+  const float* sx;       // [m, K/32]: dx * sum(qx) (int8 activations) or sum(x) (float)
+  int64_t k;
+};
+
+// The 32 values of a block as signed bytes (scalar path, and the reference for the others).
+template <int F>
+inline void block_values(const BlockRef& r, int8_t* v) {
+  if constexpr (!is_4bit(F)) {
+    std::memcpy(v, r.p, kQK);
+  } else if (r.nib == 0) {
+    for (int j = 0; j < 16; ++j) {
+      v[j] = int8_t(r.p[j] & 0x0F);
+      v[j + 16] = int8_t(r.p[j] >> 4);
+    }
+  } else {
+    const int shift = r.nib == 1 ? 0 : 4;
+    for (int j = 0; j < kQK; ++j) v[j] = int8_t((r.p[j] >> shift) & 0x0F);
+  }
+}
+
+#if defined(__AVX2__)
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <int F>
+inline __m256i load_block(const BlockRef& r) {
+  if constexpr (!is_4bit(F)) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r.p));
+  } else {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    if (r.nib == 0) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r.p));
+      const __m256i both = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+      return _mm256_and_si256(both, low);
+    }
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r.p));
+    return _mm256_and_si256(r.nib == 1 ? b : _mm256_srli_epi16(b, 4), low);
+  }
+}
+
+// 8 int32 partial sums of w . x: w unsigned (4-bit) or signed (8-bit), x signed.
+template <int F>
+inline __m256i dot_i8(__m256i w, __m256i x) {
+  __m256i u = w, s = x;
+  if constexpr (!is_4bit(F)) {
+    u = _mm256_sign_epi8(w, w);  // |w|
+    s = _mm256_sign_epi8(x, w);  // x with w's sign
+  }
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+// Symmetric 4-bit values shifted to -8..7 (float activations), others as they are.
+template <int F, bool Min>
+inline __m256i centred(__m256i w) {
+  if constexpr (is_4bit(F) && !Min) return _mm256_sub_epi8(w, _mm256_set1_epi8(8));
+  return w;
+}
+
+// y[mm * ld_y + r] for R weight rows from row n, M input rows.
+template <int F, bool Min, bool IntAct, int R, int M>
+void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
+  const int64_t blocks = a.k / kQK;
+  __m256 acc[R][M];
+  float off[R][M];  // the m * sx terms
+  for (int r = 0; r < R; ++r)
+    for (int mm = 0; mm < M; ++mm) acc[r][mm] = _mm256_setzero_ps(), off[r][mm] = 0.f;
+  for (int64_t b = 0; b < blocks; ++b) {
+    BlockRef ref[R];
+    __m256i wv[R];
+    for (int r = 0; r < R; ++r) {
+      ref[r] = block_ref<F, Min>(w, n + r, b);
+      __builtin_prefetch(ref[r].p + kPrefetchBytes, 0, 3);
+      wv[r] = load_block<F>(ref[r]);
+    }
+    if constexpr (IntAct) {
+      for (int mm = 0; mm < M; ++mm) {
+        const __m256i xv =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qx + mm * a.k + b * kQK));
+        const float dx = a.dx[mm * blocks + b];
+        for (int r = 0; r < R; ++r) {
+          const __m256 s = _mm256_cvtepi32_ps(dot_i8<F>(wv[r], xv));
+          acc[r][mm] = _mm256_fmadd_ps(s, _mm256_set1_ps(ref[r].d * dx), acc[r][mm]);
+          if constexpr (is_4bit(F)) off[r][mm] += ref[r].m * a.sx[mm * blocks + b];
+        }
+      }
+    } else {
+      __m256 wf[R][4];
+      for (int r = 0; r < R; ++r) {
+        const __m256i c = centred<F, Min>(wv[r]);
+        const __m128i lo = _mm256_castsi256_si128(c), hi = _mm256_extracti128_si256(c, 1);
+        wf[r][0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+        wf[r][1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo)));
+        wf[r][2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+        wf[r][3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi)));
+      }
+      for (int mm = 0; mm < M; ++mm) {
+        const float* xp = a.x + mm * a.k + b * kQK;
+        const __m256 x0 = _mm256_loadu_ps(xp), x1 = _mm256_loadu_ps(xp + 8);
+        const __m256 x2 = _mm256_loadu_ps(xp + 16), x3 = _mm256_loadu_ps(xp + 24);
+        for (int r = 0; r < R; ++r) {
+          __m256 s = _mm256_mul_ps(wf[r][0], x0);
+          s = _mm256_fmadd_ps(wf[r][1], x1, s);
+          s = _mm256_fmadd_ps(wf[r][2], x2, s);
+          s = _mm256_fmadd_ps(wf[r][3], x3, s);
+          acc[r][mm] = _mm256_fmadd_ps(s, _mm256_set1_ps(ref[r].d), acc[r][mm]);
+          if constexpr (is_4bit(F) && Min) off[r][mm] += ref[r].m * a.sx[mm * blocks + b];
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int mm = 0; mm < M; ++mm) y[mm * ld_y + r] = hsum(acc[r][mm]) + off[r][mm];
+}
+
+#else  // no AVX2: the same arithmetic, one value at a time
+
+template <int F, bool Min, bool IntAct, int R, int M>
+void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
+  const int64_t blocks = a.k / kQK;
+  float acc[R][M] = {}, off[R][M] = {};
+  int8_t v[kQK];
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int r = 0; r < R; ++r) {
+      const BlockRef ref = block_ref<F, Min>(w, n + r, b);
+      block_values<F>(ref, v);
+      for (int mm = 0; mm < M; ++mm) {
+        if constexpr (IntAct) {
+          const int8_t* xq = a.qx + mm * a.k + b * kQK;
+          int32_t s = 0;
+          for (int j = 0; j < kQK; ++j) s += int32_t(v[j]) * int32_t(xq[j]);
+          acc[r][mm] += float(s) * (ref.d * a.dx[mm * blocks + b]);
+          if constexpr (is_4bit(F)) off[r][mm] += ref.m * a.sx[mm * blocks + b];
+        } else {
+          const float* xp = a.x + mm * a.k + b * kQK;
+          const int centre = (is_4bit(F) && !Min) ? 8 : 0;
+          float s = 0.f;
+          for (int j = 0; j < kQK; ++j) s += float(v[j] - centre) * xp[j];
+          acc[r][mm] += s * ref.d;
+          if constexpr (is_4bit(F) && Min) off[r][mm] += ref.m * a.sx[mm * blocks + b];
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int mm = 0; mm < M; ++mm) y[mm * ld_y + r] = acc[r][mm] + off[r][mm];
+}
+
+#endif
+
+// R weight rows from row n against all m input rows, four at a time.
+template <int F, bool Min, bool IntAct, int R>
+void tile_rows(const Weights& w, int64_t n, const Acts& a, int64_t m, float* y, int64_t ld_y) {
+  for (int64_t m0 = 0; m0 < m; m0 += 4) {
+    Acts am = a;
+    am.x = a.x ? a.x + m0 * a.k : nullptr;
+    am.qx = a.qx ? a.qx + m0 * a.k : nullptr;
+    am.dx = a.dx ? a.dx + m0 * (a.k / kQK) : nullptr;
+    am.sx = a.sx ? a.sx + m0 * (a.k / kQK) : nullptr;
+    float* ym = y + m0 * ld_y + n;
+    switch (std::min<int64_t>(4, m - m0)) {
+      case 1: tile<F, Min, IntAct, R, 1>(w, n, am, ym, ld_y); break;
+      case 2: tile<F, Min, IntAct, R, 2>(w, n, am, ym, ld_y); break;
+      case 3: tile<F, Min, IntAct, R, 3>(w, n, am, ym, ld_y); break;
+      default: tile<F, Min, IntAct, R, 4>(w, n, am, ym, ld_y); break;
+    }
+  }
+}
+
+// Output columns [begin, end): 4 weight rows at a time for one input row, 2 for more, then 1.
+template <int F, bool Min, bool IntAct>
+void columns(const Weights& w, const Acts& a, int64_t m, float* y, int64_t out, int64_t begin,
+             int64_t end) {
+  int64_t n = begin;
+  if (m == 1) {
+    for (; n + 4 <= end; n += 4) tile_rows<F, Min, IntAct, 4>(w, n, a, m, y, out);
+  } else {
+    for (; n + 2 <= end; n += 2) tile_rows<F, Min, IntAct, 2>(w, n, a, m, y, out);
+  }
+  for (; n < end; ++n) tile_rows<F, Min, IntAct, 1>(w, n, a, m, y, out);
+}
+
+using ColumnsFn = void (*)(const Weights&, const Acts&, int64_t, float*, int64_t, int64_t,
+                           int64_t);
+
+template <bool IntAct>
+ColumnsFn pick(int64_t format, bool has_mins) {
+  switch (format) {
+    case kQ8_0: return &columns<kQ8_0, false, IntAct>;
+    case kQ4_0: return &columns<kQ4_0, false, IntAct>;
+    case kQ4_1: return &columns<kQ4_1, true, IntAct>;
+    case kInt8: return &columns<kInt8, false, IntAct>;
+    default: return has_mins ? &columns<kQ4, true, IntAct> : &columns<kQ4, false, IntAct>;
+  }
+}
+
+// Chunks [front, back) in one atomic word: the owner takes them from the front, other threads
+// from the back (as in linear_rows.cpp).
+struct alignas(64) Share {
+  std::atomic<uint64_t> range{0};
+
+  void init(int64_t front, int64_t back) {
+    range.store(uint64_t(front) | (uint64_t(back) << 32), std::memory_order_relaxed);
+  }
+  int64_t take_front() {
+    uint64_t r = range.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t f = r & 0xffffffffu, b = r >> 32;
+      if (f >= b) return -1;
+      if (range.compare_exchange_weak(r, (f + 1) | (b << 32), std::memory_order_relaxed))
+        return int64_t(f);
+    }
+  }
+  int64_t take_back() {
+    uint64_t r = range.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t f = r & 0xffffffffu, b = r >> 32;
+      if (f >= b) return -1;
+      if (range.compare_exchange_weak(r, f | ((b - 1) << 32), std::memory_order_relaxed))
+        return int64_t(b - 1);
+    }
+  }
+};
+
+// Quantize m rows of x per block of 32: qx = round(x / dx) with dx = amax / 127 (ties away
+// from zero, as llama.cpp's quantize_row_q8_0), sx = dx * sum(qx).
+void quantize_rows(const float* x, int64_t m, int64_t k, int8_t* qx, float* dx, float* sx) {
+  const int64_t blocks = k / kQK;
+  for (int64_t i = 0; i < m * blocks; ++i) {
+    const float* xb = x + i * kQK;
+    float amax = 0.f;
+    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.f;
+    const float inv = d != 0.f ? 1.f / d : 0.f;
+    int32_t sum = 0;
+    for (int j = 0; j < kQK; ++j) {
+      const int8_t q = int8_t(std::lround(xb[j] * inv));
+      qx[i * kQK + j] = q;
+      sum += q;
+    }
+    dx[i] = d;
+    sx[i] = d * float(sum);
+  }
+}
+
+void block_sums(const float* x, int64_t m, int64_t k, float* sx) {
+  for (int64_t i = 0; i < m * (k / kQK); ++i) {
+    float s = 0.f;
+    for (int j = 0; j < kQK; ++j) s += x[i * kQK + j];
+    sx[i] = s;
+  }
+}
+
+at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
+                      const std::optional<at::Tensor>& scales,
+                      const std::optional<at::Tensor>& mins, int64_t format, int64_t group_size,
+                      const std::optional<at::Tensor>& bias, bool int8_activations) {
+  TORCH_CHECK(format >= kQ8_0 && format <= kQ4, "quant_rows: unknown format ", format);
+  TORCH_CHECK(x.device().is_cpu() && qweight.device().is_cpu(), "quant_rows: CPU tensors only");
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "quant_rows: x must be float32");
+  TORCH_CHECK(qweight.dim() == 2 && qweight.is_contiguous() && qweight.size(0) > 0,
+              "quant_rows: qweight must be a contiguous, non-empty 2-D tensor");
+  const int64_t out = qweight.size(0);
+  const int64_t k = x.size(-1);
+  TORCH_CHECK(k > 0 && k % kQK == 0, "quant_rows: K must be a positive multiple of 32, got ", k);
+  Weights w{static_cast<const uint8_t*>(qweight.data_ptr()), qweight.size(1), nullptr, nullptr,
+            nullptr, 0, 0};
+  static constexpr int64_t kBlockBytes[] = {34, 18, 20};
+  if (format <= kQ4_1) {
+    TORCH_CHECK(qweight.scalar_type() == at::kByte && qweight.size(1) == k / kQK * kBlockBytes[format],
+                "quant_rows: GGUF blocks must be uint8 [N, K/32*", kBlockBytes[format], "]");
+  } else if (format == kInt8) {
+    TORCH_CHECK(qweight.scalar_type() == at::kChar && qweight.size(1) == k,
+                "quant_rows: int8 weights must be int8 [N, K]");
+    TORCH_CHECK(scales.has_value() && scales->scalar_type() == at::kFloat &&
+                    scales->is_contiguous() && scales->numel() == out,
+                "quant_rows: int8 scales must be float32 [N]");
+    w.scales_f32 = scales->data_ptr<float>();
+  } else {
+    TORCH_CHECK(group_size == 32 || group_size == 64 || group_size == 128,
+                "quant_rows: q4 group_size must be 32, 64 or 128");
+    TORCH_CHECK(k % group_size == 0, "quant_rows: K must be a multiple of group_size");
+    TORCH_CHECK(qweight.scalar_type() == at::kByte && qweight.size(1) == k / 2,
+                "quant_rows: q4 weights must be uint8 [N, K/2]");
+    w.group = group_size;
+    w.groups = k / group_size;
+    TORCH_CHECK(scales.has_value() && scales->scalar_type() == at::kHalf &&
+                    scales->is_contiguous() && scales->numel() == out * w.groups,
+                "quant_rows: q4 scales must be float16 [N, K/G]");
+    w.scales_f16 = reinterpret_cast<const uint16_t*>(scales->data_ptr());
+    if (mins.has_value() && mins->defined()) {
+      TORCH_CHECK(mins->scalar_type() == at::kHalf && mins->is_contiguous() &&
+                      mins->numel() == out * w.groups,
+                  "quant_rows: q4 mins must be float16 [N, K/G]");
+      w.mins_f16 = reinterpret_cast<const uint16_t*>(mins->data_ptr());
+    }
+  }
+  const int64_t m = x.numel() / k;
+  TORCH_CHECK(m >= 1 && m <= kMaxRows, "quant_rows: 1 to ", kMaxRows, " input rows, got ", m);
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == at::kFloat &&
+                    bias->dim() == 1 && bias->size(0) == out,
+                "quant_rows: bias must be a float32 [", out, "] CPU tensor");
+  }
+  const at::Tensor xc = x.contiguous();
+  auto sizes = x.sizes().vec();
+  sizes.back() = out;
+  at::Tensor y = at::empty(sizes, x.options());
+  const int64_t blocks = k / kQK;
+  std::vector<int8_t> qx;
+  std::vector<float> dx, sx(m * blocks);
+  Acts a{xc.data_ptr<float>(), nullptr, nullptr, sx.data(), k};
+  if (int8_activations) {
+    qx.resize(m * k);
+    dx.resize(m * blocks);
+    quantize_rows(a.x, m, k, qx.data(), dx.data(), sx.data());
+    a.qx = qx.data();
+    a.dx = dx.data();
+  } else {
+    block_sums(a.x, m, k, sx.data());
+  }
+  const bool has_mins = w.mins_f16 != nullptr;
+  const ColumnsFn run_columns =
+      int8_activations ? pick<true>(format, has_mins) : pick<false>(format, has_mins);
+  float* yp = y.data_ptr<float>();
+  const int threads = at::get_num_threads();
+  if (threads == 1 || out * w.row_bytes < kSerialBytes) {
+    run_columns(w, a, m, yp, out, 0, out);
+  } else {
+    const int64_t chunk = std::max<int64_t>(4, kChunkBytes / w.row_bytes / 4 * 4);
+    const int64_t n = (out + chunk - 1) / chunk;
+    const int64_t T = std::min<int64_t>(threads, n);
+    std::vector<Share> shares(T);
+    for (int64_t t = 0; t < T; ++t) shares[t].init(n * t / T, n * (t + 1) / T);
+    const auto run = [&](int64_t c) {
+      run_columns(w, a, m, yp, out, c * chunk, std::min(out, (c + 1) * chunk));
+    };
+    at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        for (int64_t c; (c = shares[t].take_front()) >= 0;) run(c);
+      }
+      for (int64_t i = 1; i < T; ++i) {
+        for (int64_t c; (c = shares[(begin + i) % T].take_back()) >= 0;) run(c);
+      }
+    });
+  }
+  if (bias.has_value() && bias->defined()) y.add_(*bias);
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
+  lib.def(
+      "quant_rows(Tensor x, Tensor qweight, Tensor? scales, Tensor? mins, int format, "
+      "int group_size, Tensor? bias, bool int8_activations) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("quant_rows", &quant_rows); }

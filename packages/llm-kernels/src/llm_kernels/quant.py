@@ -1,0 +1,161 @@
+"""Products with quantized weights: ``y = x @ W.T`` with ``W`` kept in its quantized layout.
+
+The layouts (GGUF Q8_0 / Q4_0 / Q4_1 blocks as in the file; the project's ``int8`` and ``q4``)
+are described in :mod:`llm_kernels.reference`, whose dequantizers are the ground truth.
+:func:`quant_linear` runs up to :data:`~llm_kernels.native.MAX_ROWS` rows of float32 on CPU
+(decode) through the native kernel ``torch.ops.llm_kernels.quant_rows``; longer inputs
+(prefill), other devices and dtypes, and machines without the native kernels dequantize the
+weight and run ``F.linear``.
+
+The native kernel multiplies in one of two ways (``activations``):
+
+- ``"int8"``: each row of ``x`` quantized per block of 32 values (llama.cpp's Q8_0 / Q8_1),
+  int8 dot products (AVX-512 VNNI or AVX-VNNI ``vpdpbusd``, else AVX2 ``maddubs``). Its error
+  against the dequantized product is that of the activations' rounding: about 0.3% of the
+  product's scale (see the tests).
+- ``"float"``: the weights widened to float32 in registers; the dequantized product up to
+  float32 rounding (about 1e-6 relative).
+
+:data:`DEFAULT_ACTIVATIONS` says which one runs when the caller does not choose, per format;
+the choice comes from ``benches/quant_kernels.py`` (figures in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from llm_kernels import native, reference
+
+Format = Literal["q8_0", "q4_0", "q4_1", "int8", "q4"]
+Activations = Literal["int8", "float"]
+
+FORMATS: dict[str, int] = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "int8": 3, "q4": 4}  # kernel codes
+DEFAULT_ACTIVATIONS: dict[str, Activations] = {
+    "q8_0": "int8",
+    "q4_0": "int8",
+    "q4_1": "int8",
+    "int8": "int8",
+    "q4": "int8",
+}
+
+
+def dequantize(
+    qweight: torch.Tensor,
+    format: Format,
+    *,
+    scales: torch.Tensor | None = None,
+    mins: torch.Tensor | None = None,
+    group_size: int = 32,
+) -> torch.Tensor:
+    """The float32 ``[N, K]`` weight that ``qweight`` (and ``scales``, ``mins``) encode in
+    ``format``; see :mod:`llm_kernels.reference`. Raises ``ValueError`` on an unknown format or
+    inconsistent shapes."""
+    if format in reference.BLOCK_BYTES:
+        k = qweight.shape[-1] // reference.BLOCK_BYTES[format] * reference.QK
+        fn = {
+            "q8_0": reference.dequantize_q8_0,
+            "q4_0": reference.dequantize_q4_0,
+            "q4_1": reference.dequantize_q4_1,
+        }[format]
+        return fn(qweight, k)
+    if format == "int8":
+        if scales is None:
+            raise ValueError("int8: scales are required")
+        return reference.dequantize_int8(qweight, scales)
+    if format == "q4":
+        if scales is None:
+            raise ValueError("q4: scales are required")
+        return reference.dequantize_q4(qweight, scales, mins, group_size)
+    raise ValueError(f"unknown quantized format {format!r}; expected one of {sorted(FORMATS)}")
+
+
+def quant_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    format: Format,
+    *,
+    scales: torch.Tensor | None = None,
+    mins: torch.Tensor | None = None,
+    group_size: int = 32,
+    bias: torch.Tensor | None = None,
+    activations: Activations | None = None,
+) -> torch.Tensor:
+    """``x @ W.T + bias`` with ``W`` (``[N, K]``) given quantized in ``format``.
+
+    ``x``: ``[..., K]``; returns ``[..., N]`` in ``x.dtype``. ``activations`` picks the native
+    kernel's arithmetic (``"int8"`` or ``"float"``, see the module docstring; default
+    :data:`DEFAULT_ACTIVATIONS`); it has no effect where the product runs in torch. Raises
+    ``ValueError`` on an unknown format or inconsistent shapes.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown quantized format {format!r}; expected one of {sorted(FORMATS)}")
+    mode = DEFAULT_ACTIVATIONS[format] if activations is None else activations
+    if mode not in ("int8", "float"):
+        raise ValueError(f"activations must be 'int8' or 'float', got {mode!r}")
+    _check_shapes(x, qweight, format, scales, mins, group_size)
+    if _kernel_applies(x, qweight, bias) and native.available():
+        return torch.ops.llm_kernels.quant_rows.default(
+            x,
+            qweight,
+            scales,
+            mins,
+            FORMATS[format],
+            group_size,
+            bias,
+            mode == "int8",
+        )
+    w = dequantize(qweight, format, scales=scales, mins=mins, group_size=group_size)  # (N, K)
+    return F.linear(x, w.to(device=x.device, dtype=x.dtype), bias)
+
+
+def _kernel_applies(x: torch.Tensor, qweight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    if x.dtype != torch.float32 or not (x.is_cpu and qweight.is_cpu):
+        return False
+    if x.dim() == 0 or x.shape[-1] % reference.QK != 0 or x.numel() == 0:
+        return False
+    if x.numel() > native.MAX_ROWS * x.shape[-1] or not qweight.is_contiguous():
+        return False
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_cpu):
+        return False
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
+def _check_shapes(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    format: str,
+    scales: torch.Tensor | None,
+    mins: torch.Tensor | None,
+    group_size: int,
+) -> None:
+    k = x.shape[-1] if x.dim() else 0
+    if qweight.dim() != 2:
+        raise ValueError(f"{format}: qweight must be 2-D, got {tuple(qweight.shape)}")
+    n = qweight.shape[0]
+    if format in reference.BLOCK_BYTES:
+        want, dtype = (k // reference.QK * reference.BLOCK_BYTES[format]), torch.uint8
+        if k % reference.QK != 0:
+            raise ValueError(f"{format}: x has {k} features, not a multiple of {reference.QK}")
+    elif format == "int8":
+        want, dtype = k, torch.int8
+        if scales is None or scales.dtype != torch.float32 or scales.shape != (n,):
+            raise ValueError(f"int8: scales must be float32 [{n}]")
+    else:
+        if group_size not in (32, 64, 128) or k % group_size != 0:
+            raise ValueError(
+                f"q4: group_size must be 32, 64 or 128 and divide K={k}, got {group_size}"
+            )
+        want, dtype = k // 2, torch.uint8
+        for name, t in (("scales", scales), ("mins", mins)):
+            if (t is not None or name == "scales") and (
+                t is None or t.dtype != torch.float16 or t.shape != (n, k // group_size)
+            ):
+                raise ValueError(f"q4: {name} must be float16 [{n}, {k // group_size}]")
+    if qweight.dtype != dtype or qweight.shape[1] != want:
+        raise ValueError(
+            f"{format}: for x with {k} features qweight must be {dtype} [N, {want}], "
+            f"got {qweight.dtype} {tuple(qweight.shape)}"
+        )

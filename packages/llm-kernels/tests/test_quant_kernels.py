@@ -1,0 +1,186 @@
+"""The native quantized products against their dequantized references in float64, on odd
+shapes, 1 to 16 rows, and any number of threads; their dispatch and its torch fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from llm_kernels import native, quant
+
+needs_native = pytest.mark.skipif(
+    not native.available(), reason=f"native kernels unavailable: {native.error}"
+)
+
+# (format, group_size, with mins): every layout the kernel reads
+LAYOUTS = [
+    ("q8_0", 32, False),
+    ("q4_0", 32, False),
+    ("q4_1", 32, True),
+    ("int8", 32, False),
+    ("q4", 32, False),
+    ("q4", 64, True),
+    ("q4", 128, False),
+    ("q4", 128, True),
+]
+# N not a multiple of 8, K not of 256 (those not a multiple of a layout's group are skipped)
+SHAPES = [(13, 128), (37, 160), (5, 384), (67, 544), (3, 96)]
+
+
+def random_weight(format: str, n: int, k: int, group: int, with_mins: bool, seed: int) -> dict:
+    """Random quantized weights of ``format``: the arguments of ``quant.quant_linear``."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = k // 32
+
+    def half(*shape, low=0.001, high=0.05):
+        return (torch.rand(*shape, generator=g) * (high - low) + low).to(torch.float16)
+
+    def nibbles(*shape):
+        return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+
+    if format == "q8_0":
+        q = torch.randint(-127, 128, (n, blocks, 32), generator=g, dtype=torch.int8)
+        d = half(n, blocks, 1).view(torch.uint8)  # (n, blocks, 2)
+        qweight = torch.cat((d, q.view(torch.uint8)), -1).reshape(n, -1)
+        return {"qweight": qweight}
+    if format == "q4_0":
+        d = half(n, blocks, 1).view(torch.uint8)
+        return {"qweight": torch.cat((d, nibbles(n, blocks, 16)), -1).reshape(n, -1)}
+    if format == "q4_1":
+        dm = torch.cat((half(n, blocks, 1), -half(n, blocks, 1, high=0.4)), -1)
+        return {
+            "qweight": torch.cat((dm.view(torch.uint8), nibbles(n, blocks, 16)), -1).reshape(n, -1)
+        }
+    if format == "int8":
+        q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+        return {"qweight": q, "scales": torch.rand(n, generator=g) * 0.05 + 0.001}
+    mins = -half(n, k // group, high=0.4) if with_mins else None
+    return {
+        "qweight": nibbles(n, k // 2),
+        "scales": half(n, k // group),
+        "mins": mins,
+        "group_size": group,
+    }
+
+
+def dequantized(format: str, w: dict) -> torch.Tensor:
+    return quant.dequantize(
+        w["qweight"],
+        format,
+        scales=w.get("scales"),
+        mins=w.get("mins"),
+        group_size=w.get("group_size", 32),
+    )
+
+
+def quantized_activations(x: torch.Tensor) -> torch.Tensor:
+    """What the kernel's int8 mode multiplies by: ``x`` rounded per block of 32 to
+    ``dx * round(x / dx)``, ``dx = amax / 127``, ties away from zero, in float32 as the
+    kernel computes it."""
+    xb = x.reshape(*x.shape[:-1], -1, 32)  # (..., K/32, 32)
+    d = xb.abs().amax(-1, keepdim=True) / 127  # (..., K/32, 1)
+    inv = torch.where(d != 0, 1 / d, torch.zeros_like(d))
+    xs = (xb * inv).double()
+    q = torch.sign(xs) * torch.floor(xs.abs() + 0.5)
+    return (q * d.double()).reshape(x.shape)
+
+
+def worst(got: torch.Tensor, want: torch.Tensor, scale: torch.Tensor) -> str:
+    err = ((got.double() - want) / scale).abs()
+    i = int(err.argmax())
+    return f"worst error {err.max().item():.3g} of the scale at flat index {i}: got {got.flatten()[i].item()!r}, want {want.flatten()[i].item()!r}"
+
+
+@needs_native
+@pytest.mark.parametrize(("format", "group", "with_mins"), LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activations", ["float", "int8"])
+def test_quant_rows_matches_the_dequantized_reference(format, group, with_mins, shape, activations):
+    n, k = shape
+    if k % group:
+        pytest.skip(f"K={k} is not a multiple of group {group}")
+    w = random_weight(format, n, k, group, with_mins, seed=n * k)
+    wd = dequantized(format, w).double()  # (N, K)
+    bias = torch.randn(n)
+    for rows in (1, 2, 3, 4, 5, 8, 13, 16):
+        x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
+        got = quant.quant_linear(x, format=format, bias=bias, activations=activations, **w)
+        xr = quantized_activations(x) if activations == "int8" else x.double()
+        want = xr @ wd.T + bias.double()  # (rows, N)
+        scale = x.double().abs() @ wd.abs().T + 1  # (rows, N): the size of each sum's terms
+        err = ((got.double() - want) / scale).abs().max().item()
+        assert got.shape == (rows, n) and err < 2e-6, f"{rows} rows: {worst(got, want, scale)}"
+
+
+@needs_native
+@pytest.mark.parametrize(("format", "group", "with_mins"), [LAYOUTS[0], LAYOUTS[2], LAYOUTS[5]])
+def test_int8_activations_error_against_the_float_product(format, group, with_mins):
+    """The error that quantizing activations adds: under 1% of the terms' scale (about 0.3%
+    typical), against float activations' 1e-6."""
+    n, k = 64, 1024
+    w = random_weight(format, n, k, group, with_mins, seed=1)
+    wd = dequantized(format, w).double()
+    x = torch.randn(4, k, generator=torch.Generator().manual_seed(2))
+    want = x.double() @ wd.T
+    scale = (x.double().abs() @ wd.abs().T).mean()
+    errors = {}
+    for mode in ("float", "int8"):
+        got = quant.quant_linear(x, format=format, activations=mode, **w)
+        errors[mode] = ((got.double() - want).abs().max() / scale).item()
+    assert errors["float"] < 1e-6 and errors["int8"] < 1e-2, errors
+
+
+@needs_native
+@pytest.mark.parametrize(("format", "group", "with_mins"), [LAYOUTS[0], LAYOUTS[2], LAYOUTS[6]])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_quant_rows_is_the_same_on_any_number_of_threads(format, group, with_mins, rows):
+    n, k = 2003, 384  # about 0.4-0.8 MB: shared between threads, the last chunk partial
+    w = random_weight(format, n, k, group, with_mins, seed=3)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(4))
+    before = torch.get_num_threads()
+    try:
+        results = {}
+        for threads in (1, 2, 4):
+            torch.set_num_threads(threads)
+            for mode in ("float", "int8"):
+                results[threads, mode] = quant.quant_linear(x, format=format, activations=mode, **w)
+    finally:
+        torch.set_num_threads(before)
+    for (threads, mode), got in results.items():
+        diff = (got - results[1, mode]).abs().max().item()
+        assert torch.equal(got, results[1, mode]), f"{threads} threads, {mode}: differs by {diff}"
+
+
+@pytest.mark.parametrize(("format", "group", "with_mins"), LAYOUTS)
+def test_quant_linear_falls_back_to_torch_for_long_inputs(format, group, with_mins):
+    n, k = 24, 128
+    w = random_weight(format, n, k, group, with_mins, seed=5)
+    x = torch.randn(2, 20, k)  # 40 rows: more than the kernel takes
+    got = quant.quant_linear(x, format=format, **w)
+    want = F.linear(x.double(), dequantized(format, w).double()).float()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_quant_linear_without_native_kernels_is_the_dequantized_product(monkeypatch):
+    monkeypatch.setattr(native, "available", lambda: False)
+    w = random_weight("q4", 10, 64, 64, True, seed=6)
+    x = torch.randn(1, 64)
+    want = F.linear(x.double(), dequantized("q4", w).double()).float()
+    torch.testing.assert_close(quant.quant_linear(x, format="q4", **w), want)
+
+
+def test_quant_linear_rejects_bad_inputs():
+    w = random_weight("q8_0", 4, 64, 32, False, seed=7)
+    with pytest.raises(ValueError, match="unknown quantized format"):
+        quant.quant_linear(torch.randn(1, 64), w["qweight"], "q5_0")
+    with pytest.raises(ValueError, match=r"qweight must be torch.uint8 \[N, 68\]"):
+        quant.quant_linear(torch.randn(1, 64), w["qweight"][:, :34], "q8_0")
+    with pytest.raises(ValueError, match="not a multiple of 32"):
+        quant.quant_linear(torch.randn(1, 48), w["qweight"], "q8_0")
+    with pytest.raises(ValueError, match="activations must be"):
+        quant.quant_linear(torch.randn(1, 64), activations="int4", **w, format="q8_0")
+    q4 = random_weight("q4", 4, 128, 64, False, seed=8)
+    with pytest.raises(ValueError, match=r"scales must be float16 \[4, 2\]"):
+        quant.quant_linear(
+            torch.randn(1, 128), q4["qweight"], "q4", scales=q4["scales"].float(), group_size=64
+        )
