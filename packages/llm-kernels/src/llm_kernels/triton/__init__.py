@@ -7,6 +7,7 @@ launches. They run compiled on CUDA tensors and under Triton's interpreter on CP
 
 from llm_kernels.triton._jit import interpreting, runs_on
 from llm_kernels.triton.attention import attention
+from llm_kernels.triton.quant_linear import quant_linear, quantize_per_token
 from llm_kernels.triton.rms_norm import add_rms_norm, rms_norm
 from llm_kernels.triton.rope import apply_rope, apply_rope_qk
 
@@ -16,6 +17,8 @@ __all__ = [
     "apply_rope_qk",
     "attention",
     "interpreting",
+    "quant_linear",
+    "quantize_per_token",
     "rms_norm",
     "runs_on",
 ]
