@@ -22,9 +22,13 @@ import triton.language as tl
 
 from llm_kernels.triton._jit import dot_dtype, interpreting, kernel
 
-# format codes of _dequant_matmul
-INT8, Q4, Q8_0, Q4_0, Q4_1 = 0, 1, 2, 3, 4
-_GGUF = {"q8_0": (Q8_0, 34, 2), "q4_0": (Q4_0, 18, 2), "q4_1": (Q4_1, 20, 4)}  # code, bytes, header
+# format codes of _dequant_matmul (constexpr globals: a kernel may read only those)
+INT8, Q4, Q8_0, Q4_0, Q4_1 = (tl.constexpr(code) for code in range(5))
+_GGUF = {
+    "q8_0": (Q8_0.value, 34, 2),
+    "q4_0": (Q4_0.value, 18, 2),
+    "q4_1": (Q4_1.value, 20, 4),
+}  # code, bytes, header
 
 
 @kernel
@@ -257,9 +261,9 @@ def quant_linear(
         )  # fmt: skip
         return y.view(*x.shape[:-1], N)
     if format == "int8":
-        code, group, group_bytes, header = INT8, 1, 1, 0
+        code, group, group_bytes, header = INT8.value, 1, 1, 0
     elif format == "q4":
-        code, group, group_bytes, header = Q4, group_size, group_size // 2, 0
+        code, group, group_bytes, header = Q4.value, group_size, group_size // 2, 0
     elif format in _GGUF:
         code, group_bytes, header = _GGUF[format]
         group = 32
@@ -279,10 +283,10 @@ def quant_linear(
         scales.stride(0) if (scales is not None and scales.dim() == 2) else 0,
         y.stride(0),
         FORMAT=code,
-        GROUP=max(group, 1) if code != INT8 else bk,
+        GROUP=group if code != INT8.value else bk,
         GROUP_BYTES=group_bytes,
         HEADER=header,
-        HAS_MIN=(mins is not None) or code == Q4_1,
+        HAS_MIN=(mins is not None) or code == Q4_1.value,
         HAS_BIAS=bias is not None,
         BLOCK_M=bm,
         BLOCK_N=bn,
