@@ -43,3 +43,16 @@ def test_bench_on_cpu_prints_the_quantized_paths_against_float32_linear(capsys):
     assert main(["bench", "--device", "cpu", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "quant_linear Q4_0" in out and "F.linear fp32" in out and "x  " in out
+
+
+@pytest.mark.slow
+def test_every_kernel_launch_compiles_for_sm_90_without_a_gpu(monkeypatch, capsys):
+    # the interpreter never sees what only the compiler rejects (a non-constexpr global, a
+    # dtype tl.dot cannot take, too much shared memory): triton's own compiler does
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(["check", "--compile-only", "90"]) == 0
+    out = capsys.readouterr().out
+    for kernel in ("_attention_fwd", "_rope_fwd", "_rms_norm_bwd", "_dequant_matmul",
+                   "_int8_matmul", "_quantize_rows"):  # fmt: skip
+        assert f"ok   {kernel}" in out

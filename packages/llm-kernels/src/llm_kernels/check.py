@@ -163,6 +163,7 @@ def random_quantized(format: str, n: int, k: int, group: int, with_mins: bool, g
 
 def _quant_case(device, dtype, g, M, N, K, format, group, mins, int8_act):
     from llm_kernels import quant
+    from llm_kernels import triton as tk
 
     def run():
         w = random_quantized(format, N, K, group, mins, g)
@@ -175,8 +176,7 @@ def _quant_case(device, dtype, g, M, N, K, format, group, mins, int8_act):
             s = x.float().abs().amax(-1, keepdim=True) / 127
             xs = (torch.round(x.float() / s) * s).double()
         on = {key: v.to(device) if isinstance(v, torch.Tensor) else v for key, v in w.items()}
-        got = quant.quant_linear(x.to(device), format=format,
-                                 activations="int8" if int8_act else "float", **on)  # fmt: skip
+        got = tk.quant_linear(x.to(device), format=format, int8_activations=int8_act, **on)
         return got, F.linear(xs, dense)
 
     return run
@@ -198,4 +198,19 @@ def run_checks(device: str, dtypes: list[str]) -> list[CheckResult]:
             got, want = run()
             max_abs, max_rel = _errors(got, want)
             results.append(CheckResult(op, name, max_abs, max_rel, TOLERANCES[dtype]))
+    return results
+
+
+def compile_checks(arch: int = 90) -> list[tuple[str, dict, str]]:
+    """Compile every kernel launch that :func:`run_checks` makes on CUDA (its tile sizes, all
+    three dtypes) for ``sm_<arch>`` with triton's bundled compiler, without a GPU:
+    ``(kernel, meta-parameters, "ok" or the error)`` per distinct launch."""
+    from llm_kernels.triton._jit import compile_only, interpreting
+
+    if interpreting():
+        raise RuntimeError("unset TRITON_INTERPRET to compile for a GPU")
+    with compile_only(arch) as results:
+        for dtype in DTYPES.values():
+            for _, run in _cases("cpu", dtype, big=True):
+                run()
     return results

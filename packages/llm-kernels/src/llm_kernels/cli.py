@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     check.add_argument(
+        "--compile-only", metavar="ARCH", type=int, nargs="?", const=90,
+        help="instead, compile every kernel launch for CUDA sm_ARCH (default 90) with "
+        "triton's own compiler; needs no GPU",
+    )  # fmt: skip
+    check.add_argument(
         "--dtype", action="append", choices=("float32", "float16", "bfloat16"),
         help="dtypes to check (repeatable; default all three)",
     )  # fmt: skip
@@ -52,9 +57,29 @@ def _device(choice: str) -> str:
     return choice
 
 
+def _compile_check(arch: int) -> int:
+    from llm_kernels.check import compile_checks
+
+    print(f"llm-kernels check: compiling every kernel launch for sm_{arch}")
+    results = compile_checks(arch)
+    for name, meta, outcome in results:
+        shown = " ".join(f"{k}={v}" for k, v in meta.items())
+        print(f"{'ok  ' if outcome == 'ok' else 'FAIL'} {name} {shown}")
+        if outcome != "ok":
+            print(f"     {outcome}")
+    failed = sum(outcome != "ok" for _, _, outcome in results)
+    if failed:
+        print(f"error: {failed} of {len(results)} launches fail to compile", file=sys.stderr)
+        return 1
+    print(f"all {len(results)} launches compile for sm_{arch}")
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     from llm_kernels.check import run_checks
 
+    if args.compile_only is not None:
+        return _compile_check(args.compile_only)
     device = _device(args.device)
     where = "compiled" if device == "cuda" else "Triton interpreter"
     print(f"llm-kernels check on {device} ({where})")

@@ -14,6 +14,7 @@ duration (:func:`_jit_calls_interpreted`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -59,6 +60,8 @@ class Kernel:
         return self._compiled
 
     def __getitem__(self, grid: Any) -> Callable[..., Any]:
+        if _compile_only.target is not None:
+            return functools.partial(_compile_launch, self)
         if interpreting():
             if self._interpreted is None:
                 self._interpreted = InterpretedFunction(self.fn)
@@ -115,3 +118,68 @@ def dot_dtype(dtype: torch.dtype) -> Any:
     if dtype == torch.bfloat16 and interpreting():
         return triton.language.float32
     return getattr(triton.language, _TL_DTYPES[dtype])
+
+
+class _CompileOnly:
+    def __init__(self) -> None:
+        self.target: Any = None  # a GPUTarget while compile_only() is active
+        self.results: list[tuple[str, dict, str]] = []
+
+
+_compile_only = _CompileOnly()
+_TYPES = {
+    torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int8: "i8",
+    torch.uint8: "u8", torch.int32: "i32", torch.int64: "i64",
+}  # fmt: skip
+
+
+@contextlib.contextmanager
+def compile_only(arch: int = 90) -> Iterator[list[tuple[str, dict, str]]]:
+    """Within this block, a launch compiles its kernel for CUDA ``sm_<arch>`` instead of
+    running it (the wrappers' outputs stay unwritten); no GPU is needed, only triton's
+    bundled compiler. Yields the list it fills with ``(kernel, meta, outcome)``, outcome
+    ``"ok"`` or the compiler's error. Launches with the same meta-parameters compile once."""
+    from triton.backends.compiler import GPUTarget
+
+    _compile_only.target, _compile_only.results = GPUTarget("cuda", arch, 32), []
+    try:
+        yield _compile_only.results
+    finally:
+        _compile_only.target = None
+
+
+def _compile_launch(kern: Kernel, *args: Any, num_warps: int = 4, num_stages: int = 3,
+                    **meta: Any) -> None:  # fmt: skip
+    from triton.compiler import ASTSource
+
+    fn = kern.compiled
+    bound = dict(zip(fn.arg_names, args, strict=False)) | meta
+    signature, constexprs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        value = bound[name]
+        if name in meta:
+            signature[name], constexprs[(i,)] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + _TYPES[value.dtype]
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i64" if abs(int(value)) >= 2**31 else "i32"
+    shown = {
+        k: (v.value if isinstance(v, triton.language.constexpr) else v) for k, v in meta.items()
+    }
+    shown = {k: (str(v) if not isinstance(v, int | str | bool) else v) for k, v in shown.items()}
+    if any(r[0] == kern.__name__ and r[1] == shown for r in _compile_only.results):
+        return
+    try:
+        triton.compile(
+            ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+            target=_compile_only.target,
+            options={"num_warps": num_warps, "num_stages": num_stages},
+        )
+        outcome = "ok"
+    except Exception as e:  # the compiler's own error, reported per kernel
+        outcome = (
+            f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}"
+        )
+    _compile_only.results.append((kern.__name__, shown, outcome))

@@ -153,7 +153,7 @@ class _RMSNormFunction(torch.autograd.Function):
         dy2 = _rows(dy)
         dh2 = _rows(dh) if ctx.has_residual and dh is not None else dy2
         dx = torch.empty(M, N, dtype=h.dtype, device=h.device)  # (M, N)
-        programs = max(1, min(M, 4 if interpreting() else _sm_count(h.device) * 4))
+        programs = max(1, min(M, _sm_count(h.device) * 4 if h.is_cuda else 4))
         dw_partial = torch.empty(programs, N, dtype=torch.float32, device=h.device)
         if M:
             _rms_norm_bwd[(programs,)](
