@@ -10,6 +10,7 @@ here are the contract: implementations behind them may change, callers never nee
 from __future__ import annotations
 
 import math
+import os
 from typing import Literal
 
 import torch
@@ -156,7 +157,18 @@ def _triton_runs(*tensors: torch.Tensor | None) -> bool:
     """Whether the Triton kernels take these tensors (see the module docstring)."""
     if triton_ops is None or torch.compiler.is_compiling():
         return False
+    if not tensors[0].is_cuda and _INTERPRET_KEY not in _ENVIRON:
+        return False  # CPU without the interpreter: one dict lookup (this runs for every op)
     return triton_ops.runs_on(*tensors)
+
+
+# os.environ's own store, keyed by encoded names: `name in os.environ` encodes the name at
+# each call (about 1.5 us, per op in eager decode); this lookup sees every change made
+# through os.environ (monkeypatch.setenv included) at a tenth of the cost
+_ENVIRON = getattr(os.environ, "_data", os.environ)
+_INTERPRET_KEY = (
+    os.environ.encodekey("TRITON_INTERPRET") if _ENVIRON is not os.environ else ("TRITON_INTERPRET")
+)
 
 
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:
