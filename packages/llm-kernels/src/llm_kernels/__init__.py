@@ -7,14 +7,24 @@ kernel behind :func:`linear` in :mod:`llm_kernels.native`.
 
 from importlib.metadata import version as _version
 
-from llm_kernels.ops import apply_rope, attention, decode_weight_layout, linear, rms_norm
+from llm_kernels.ops import (
+    add_rms_norm,
+    apply_rope,
+    apply_rope_qk,
+    attention,
+    decode_weight_layout,
+    linear,
+    rms_norm,
+)
 from llm_kernels.reference import attention_mask, rope_cos_sin
 
 __version__ = _version("llm-kernels")
 
 __all__ = [
     "__version__",
+    "add_rms_norm",
     "apply_rope",
+    "apply_rope_qk",
     "attention",
     "attention_mask",
     "decode_weight_layout",

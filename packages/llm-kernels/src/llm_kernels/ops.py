@@ -1,19 +1,27 @@
 """The one dispatch point: every op that model code calls, routed to an implementation.
 
-Triton kernels are chosen for CUDA tensors (or every tensor when ``TRITON_INTERPRET=1``) once
-they exist for an op; otherwise the torch reference or an aten fast path runs. The signatures
+Triton kernels (:mod:`llm_kernels.triton`) run on CUDA tensors, and on CPU tensors when
+``TRITON_INTERPRET=1`` is set at call time (Triton's interpreter: slow, for tests), outside
+``torch.compile`` graphs (inductor writes its own kernels there); otherwise the torch reference
+or an aten fast path runs. The signatures
 here are the contract: implementations behind them may change, callers never need to.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from llm_kernels import native, reference
+
+try:  # triton is a Linux-only dependency; elsewhere every op runs its torch path
+    from llm_kernels import triton as triton_ops
+except ImportError:
+    triton_ops = None
 
 
 def attention(
@@ -39,9 +47,15 @@ def attention(
     Up to :data:`~llm_kernels.native.MAX_ROWS` queries per row of float32 on CPU (decode) run
     the native kernel ``torch.ops.llm_kernels.attend_rows`` when it is available (see
     :mod:`llm_kernels.native`), unless gradients are needed; longer queries (prefill) run
-    torch's SDPA.
+    torch's SDPA. Where Triton runs (see the module docstring) and no gradient is needed, the
+    flash kernel :func:`llm_kernels.triton.attention` takes every shape instead (``mask`` is
+    then unused: the kernel masks by the positions).
     """
     _check_attention_shapes(q, k, v, q_pos, k_pos)
+    if _triton_runs(q, k, v, q_pos, k_pos) and not _needs_grad(q, k, v):
+        return triton_ops.attention(
+            q, k, v, q_pos, k_pos, window=window, sink_tokens=sink_tokens, scale=scale
+        )
     if _attend_kernel_applies(q, k, v) and _native_available():
         if mask is None:
             mask = reference.attention_mask(q_pos, k_pos, window=window, sink_tokens=sink_tokens)
@@ -59,20 +73,60 @@ def attention(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding, half-split layout; see :func:`llm_kernels.reference.apply_rope`."""
+    """Rotary position embedding, half-split layout; see :func:`llm_kernels.reference.apply_rope`.
+
+    Where Triton runs, :func:`llm_kernels.triton.apply_rope` (differentiable). Raises
+    ``ValueError`` when the tables do not fit ``x``.
+    """
     if cos.shape[-1] * 2 != x.shape[-1]:
         raise ValueError(
             f"apply_rope: tables have {cos.shape[-1]} frequencies, x has head_dim {x.shape[-1]}"
         )
+    if _triton_runs(x, cos, sin):
+        return triton_ops.apply_rope(x, cos, sin)
     return reference.apply_rope(x, cos, sin)
 
 
+def apply_rope_qk(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`apply_rope` of queries ``[B, H, T, D]`` and keys ``[B, H_kv, T, D]`` at the same
+    positions: one fused launch where Triton runs (each table read once for both), two
+    reference rotations otherwise. Raises ``ValueError`` when the tables do not fit."""
+    for name, x in (("q", q), ("k", k)):
+        if cos.shape[-1] * 2 != x.shape[-1]:
+            raise ValueError(
+                f"apply_rope_qk: tables have {cos.shape[-1]} frequencies, {name} has head_dim "
+                f"{x.shape[-1]}"
+            )
+    if _triton_runs(q, k, cos, sin):
+        q_out, k_out = triton_ops.apply_rope_qk(q, k, cos, sin)
+        return q_out, k_out
+    return reference.apply_rope(q, cos, sin), reference.apply_rope(k, cos, sin)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """RMSNorm over the last dimension; see :func:`llm_kernels.reference.rms_norm`."""
+    """RMSNorm over the last dimension; see :func:`llm_kernels.reference.rms_norm`.
+
+    Where Triton runs, :func:`llm_kernels.triton.rms_norm` (forward and backward kernels).
+    """
+    if _triton_runs(x, weight):
+        return triton_ops.rms_norm(x, weight, eps)
     if x.dtype == torch.float32 and weight.dtype == torch.float32:
         # aten's own op: the same float32 arithmetic in one call instead of seven
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     return reference.rms_norm(x, weight, eps)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-norm block's ``h = x + residual`` then ``rms_norm(h, weight, eps)``: returns
+    ``(normed, h)``. One fused kernel where Triton runs; two ops otherwise."""
+    if _triton_runs(x, residual, weight):
+        return triton_ops.add_rms_norm(x, residual, weight, eps)
+    h = x + residual
+    return rms_norm(h, weight, eps), h
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -97,6 +151,28 @@ def decode_weight_layout(weight: torch.Tensor) -> Literal["row-major", "input-ma
     if weight.device.type == "cpu" and weight.dtype == torch.float32 and _native_available():
         return "row-major"
     return "input-major"
+
+
+def _triton_runs(*tensors: torch.Tensor | None) -> bool:
+    """Whether the Triton kernels take these tensors (see the module docstring)."""
+    if triton_ops is None or torch.compiler.is_compiling():
+        return False
+    if not tensors[0].is_cuda and _INTERPRET_KEY not in _ENVIRON:
+        return False  # CPU without the interpreter: one dict lookup (this runs for every op)
+    return triton_ops.runs_on(*tensors)
+
+
+# os.environ's own store, keyed by encoded names: `name in os.environ` encodes the name at
+# each call (about 1.5 us, per op in eager decode); this lookup sees every change made
+# through os.environ (monkeypatch.setenv included) at a tenth of the cost
+_ENVIRON = getattr(os.environ, "_data", os.environ)
+_INTERPRET_KEY = (
+    os.environ.encodekey("TRITON_INTERPRET") if _ENVIRON is not os.environ else ("TRITON_INTERPRET")
+)
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 @torch.compiler.assume_constant_result

@@ -5,7 +5,11 @@ are described in :mod:`llm_kernels.reference`, whose dequantizers are the ground
 :func:`quant_linear` runs up to :data:`~llm_kernels.native.MAX_ROWS` rows of float32 on CPU
 (decode) through the native kernel ``torch.ops.llm_kernels.quant_rows``; longer inputs
 (prefill), other devices and dtypes, and machines without the native kernels dequantize the
-weight and run ``F.linear``.
+weight and run ``F.linear``. Where Triton runs (CUDA tensors, or CPU ones under
+``TRITON_INTERPRET=1``; see :mod:`llm_kernels.ops`) every shape goes to
+:func:`llm_kernels.triton.quant_linear` instead: W8A16 / W4A16 tiles dequantized in registers,
+and W8A8 (per-token int8 activations) for the int8 format when ``activations="int8"`` is asked
+for explicitly.
 
 The native kernel multiplies in one of two ways (``activations``):
 
@@ -29,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_kernels import native, reference
+from llm_kernels.ops import _needs_grad, _triton_runs, triton_ops
 
 Format = Literal["q8_0", "q4_0", "q4_1", "int8", "q4"]
 Activations = Literal["int8", "float", "int8-token"]
@@ -99,6 +104,17 @@ def quant_linear(
     if mode not in _MODES:
         raise ValueError(f"activations must be one of {sorted(_MODES)}, got {mode!r}")
     _check_shapes(x, qweight, format, scales, mins, group_size)
+    if _triton_applies(x, qweight, scales, mins, bias):
+        return triton_ops.quant_linear(
+            x,
+            qweight,
+            format,
+            scales=scales,
+            mins=mins,
+            group_size=group_size,
+            bias=bias,
+            int8_activations=mode == "int8-token" and format == "int8",
+        )
     if _kernel_applies(x, qweight, bias) and native.available():
         return torch.ops.llm_kernels.quant_rows.default(
             x,
@@ -124,6 +140,15 @@ def quantize_per_token(x: torch.Tensor) -> torch.Tensor:
     xs = (x.float() * inv).double()
     q = torch.sign(xs) * torch.floor(xs.abs() + 0.5)  # (..., K)
     return (q.float() * d).to(x.dtype)
+
+
+def _triton_applies(x: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
+    # weight-only kernels: no gradient flows to x through them
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return False
+    if not _triton_runs(x, *tensors):
+        return False
+    return not _needs_grad(x)
 
 
 def _kernel_applies(x: torch.Tensor, qweight: torch.Tensor, bias: torch.Tensor | None) -> bool:
