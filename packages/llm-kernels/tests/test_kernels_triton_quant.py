@@ -116,7 +116,7 @@ def test_w8a8_is_exact_integer_arithmetic_on_per_token_int8_activations(
     assert_close(got_s, xs, "activation scales")
     ints = xq.long() @ w["qweight"].long().T  # (M, N) exact
     want = ints.double() * xs.double()[:, None] * w["scales"].double()[None, :]
-    got = quant.quant_linear(x.to(triton_device), format="int8", activations="int8",
+    got = quant.quant_linear(x.to(triton_device), format="int8", activations="int8-token",
                              **_on(triton_device, w))  # fmt: skip
     assert_close(got, want.to(dtype), "W8A8", dtype=dtype)
 

@@ -43,6 +43,10 @@ KEPT_TYPES = {  # GGUF types whose blocks linear layers multiply by as they are
     GGMLQuantizationType.Q4_1: "q4_1",
 }
 _KEPT_SUFFIXES = ("_proj.weight", "lm_head.weight", "embed_tokens.weight")
+# The LM head multiplies float activations: its argmax picks the token, and int8 activations
+# (a per-block rounding error of about 0.5% of a logit) flip near-ties. SmolLM2's first answer
+# token to "What is the capital of France?" leads by 0.05 of 25 and flipped to a French ramble.
+HEAD_ACTIVATIONS = "float"
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -562,7 +566,9 @@ def load_gguf_model(
             )
             state["model.embed_tokens.blocks"] = tensor
             if config.tie_embeddings:
-                tied_head = GGUFLinear.from_blocks(tensor, fmt, config.n_embd)
+                tied_head = GGUFLinear.from_blocks(
+                    tensor, fmt, config.n_embd, activations=HEAD_ACTIVATIONS
+                )
             continue
         if tensor.dtype == torch.uint8:
             layer_name = name.removesuffix(".weight")
@@ -574,6 +580,7 @@ def load_gguf_model(
                 old.bias is not None,
                 device="meta",
                 dtype=target,
+                **({"activations": HEAD_ACTIVATIONS} if layer_name == "lm_head" else {}),
             )
             parent, _, child = layer_name.rpartition(".")
             setattr(modules[parent] if parent else model, child, new)
