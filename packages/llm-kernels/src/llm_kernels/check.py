@@ -184,20 +184,27 @@ def _quant_case(device, dtype, g, M, N, K, format, group, mins, int8_act):
 
 def run_checks(device: str, dtypes: list[str]) -> list[CheckResult]:
     """Check every op in each of ``dtypes`` on ``device`` (``"cuda"``, or ``"cpu"``: Triton's
-    interpreter, switched on here for this process). Raises ``RuntimeError`` without triton."""
+    interpreter, switched on here for the duration of the checks). Raises ``RuntimeError`` without triton."""
     try:
         import triton  # noqa: F401
     except ImportError as e:
         raise RuntimeError(f"triton is not installed ({e}); nothing to check") from e
+    before = os.environ.get("TRITON_INTERPRET")
     if device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
     results = []
-    for name in dtypes:
-        dtype = DTYPES[name]
-        for op, run in _cases(device, dtype, big=device != "cpu"):
-            got, want = run()
-            max_abs, max_rel = _errors(got, want)
-            results.append(CheckResult(op, name, max_abs, max_rel, TOLERANCES[dtype]))
+    try:
+        for name in dtypes:
+            dtype = DTYPES[name]
+            for op, run in _cases(device, dtype, big=device != "cpu"):
+                got, want = run()
+                max_abs, max_rel = _errors(got, want)
+                results.append(CheckResult(op, name, max_abs, max_rel, TOLERANCES[dtype]))
+    finally:  # the interpreter only for these checks: later work in the process runs as before
+        if before is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = before
     return results
 
 
