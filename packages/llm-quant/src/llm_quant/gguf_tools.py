@@ -54,6 +54,9 @@ class Validation:
 
     ``max_abs_diff``: the worst next-token logit difference; ``max_rel_diff``: that over the
     largest reference logit magnitude. ``agree``: how many leading greedy tokens are equal.
+    ``tie_margin``: where the greedy tokens first differ, how far llama.cpp's own logit for its
+    token leads its logit for ours, over its largest logit magnitude (``None`` when all agree):
+    a fraction of a percent is a near-tie that rounding decides, not a defect.
     """
 
     prompt_ids: list[int]
@@ -66,6 +69,8 @@ class Validation:
     agree: int
     ours_text: str
     cpp_text: str
+    tie_margin: float | None
+    head_activations: str
 
     @property
     def next_token_matches(self) -> bool:
@@ -81,10 +86,13 @@ def validate(
     *,
     max_tokens: int = 16,
     threads: int | None = None,
+    head_activations: str = "float",
 ) -> Validation:
     """Compare our model with llama.cpp's on ``path``: next-token logits after ``prompt`` and
     ``max_tokens`` greedy tokens. The prompt is tokenized once, by llama.cpp, so both run the
-    same ids; llama.cpp keeps an F32 KV cache. Raises :class:`GGUFError` for a file we cannot
+    same ids; llama.cpp keeps an F32 KV cache and evaluates one token at a time (``n_batch=1``,
+    the setting its quantized kernels are stable with). ``head_activations="int8"`` gives our
+    LM head llama.cpp's arithmetic (see :func:`~llm_quant.gguf.load_gguf_model`). Raises :class:`GGUFError` for a file we cannot
     load and ``ImportError`` (naming the package) when llama-cpp-python is not installed."""
     try:
         import llama_cpp
@@ -95,7 +103,7 @@ def validate(
         ) from None
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-    model, _ = load_gguf_model(path)
+    model, _ = load_gguf_model(path, head_activations=head_activations)
     try:
         vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
         ids = vocab.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
@@ -109,7 +117,7 @@ def validate(
         cpp = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=len(ids) + max_tokens + 1,  # small: logits_all keeps n_ctx rows of logits
-            n_batch=512,
+            n_batch=1,
             n_threads=threads,
             logits_all=True,
             type_k=0,  # F32 KV cache, as ours
@@ -131,6 +139,13 @@ def validate(
         (i for i, (a, b) in enumerate(zip(ours_tokens, cpp_tokens, strict=False)) if a != b),
         min(len(ours_tokens), len(cpp_tokens)),
     )
+    tie_margin = None
+    if agree < min(len(ours_tokens), len(cpp_tokens)):
+        # generate() kept every evaluated position's logits: row len(ids) - 1 + agree chose
+        # llama.cpp's token at the first difference
+        row = torch.tensor(cpp.scores[len(ids) - 1 + agree], dtype=torch.float32)
+        lead = (row[cpp_tokens[agree]] - row[ours_tokens[agree]]).item()
+        tie_margin = lead / max(row.abs().max().item(), 1e-30)
     return Validation(
         prompt_ids=list(ids),
         ours_next=int(ours_logits.argmax()),
@@ -142,6 +157,8 @@ def validate(
         agree=agree,
         ours_text=cpp.detokenize(ours_tokens).decode("utf-8", errors="replace"),
         cpp_text=cpp.detokenize(cpp_tokens).decode("utf-8", errors="replace"),
+        tie_margin=tie_margin,
+        head_activations=head_activations,
     )
 
 
