@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 from llm_infer.compiled import CompiledDecoder
+from llm_infer.native_step import NativeDecoder
 from llm_infer.protocols import CausalLM, Tokenizer
 from llm_infer.sampling import SamplingParams, argmax, process_logits
 
@@ -69,10 +70,13 @@ def compiles_by_default(model: CausalLM) -> bool:
 
 
 class DecodeStep:
-    """``step(token, position, cache) -> logits [B, V]``: one token per row, through the
-    compiled step (a :class:`~llm_infer.compiled.CompiledDecoder`) on a static cache when
-    ``compile`` is on (``None``: :func:`compiles_by_default`), eagerly otherwise (other
-    caches, or ``compile=False``).
+    """``step(token, position, cache) -> logits [B, V]``: one token per row.
+
+    ``compile=None`` (the default): on a static cache, the native step (a
+    :class:`~llm_infer.native_step.NativeDecoder`: one llm-kernels call per layer) where it
+    serves the model, else the compiled step where :func:`compiles_by_default` says so.
+    ``compile=True``: the compiled step (a :class:`~llm_infer.compiled.CompiledDecoder`) on
+    static caches. ``compile=False``: the modules, eagerly. Other caches always run eagerly.
 
     The first compiled call (and the first for each new cache capacity) compiles, which takes
     tens of seconds on a few CPU cores; it is announced on the ``llm_infer`` logger (INFO) so
@@ -81,12 +85,23 @@ class DecodeStep:
 
     def __init__(self, model: CausalLM, *, compile: bool | None = None) -> None:
         self.model = model
+        self._compile = compile
+        self.native = NativeDecoder.for_model(model) if compile is None else None
         if compile is None:
-            compile = compiles_by_default(model)
+            compile = self.native is None and compiles_by_default(model)
         self.compiled = CompiledDecoder(model) if compile else None
         self._announced: set[int] = set()
 
+    @property
+    def kind(self) -> str:
+        """Which step runs on a static cache: ``"native"``, ``"compiled"`` or ``"eager"``."""
+        if self.native is not None:
+            return "native"
+        return "compiled" if self.compiled is not None else "eager"
+
     def __call__(self, token: torch.Tensor, position: torch.Tensor, cache: Any) -> torch.Tensor:
+        if self.native is not None and self.native.serves(cache):
+            return self.native(token, position, cache)  # (B, V)
         if self.compiled is None or getattr(cache, "kind", None) != "static":
             return decode_step(self.model, token, cache, position)  # (B, V)
         capacity = cache.capacity
@@ -100,7 +115,10 @@ class DecodeStep:
         return self.compiled(token, position, cache)  # (B, V)
 
     def reset(self) -> None:
-        """Forget the compiled step (after the model's weights changed)."""
+        """Forget the compiled step and the native step's weights (after the model's weights
+        changed)."""
+        if self._compile is None:
+            self.native = NativeDecoder.for_model(self.model)
         if self.compiled is not None:
             self.compiled.reset()
             self._announced.clear()

@@ -43,7 +43,7 @@ MAX_ROWS = 16  # input rows that linear_rows takes (kMaxRows in its source); que
 # that llm_kernels.attention hands to attend_rows
 SOURCES = tuple(
     Path(__file__).parent / "csrc" / name
-    for name in ("linear_rows.cpp", "attend_rows.cpp", "quant_rows.cpp")
+    for name in ("linear_rows.cpp", "attend_rows.cpp", "quant_rows.cpp", "decode_layer.cpp")
 )
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,10 @@ def _register_fake() -> None:
         activations: int,
     ) -> torch.Tensor:
         return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+    @torch.library.register_fake("llm_kernels::decode_layer")
+    def _(x: torch.Tensor, *args: object) -> torch.Tensor:
+        return x.new_empty(x.shape)
 
 
 def available() -> bool:

@@ -2,10 +2,11 @@
 
 The layouts (GGUF Q8_0 / Q4_0 / Q4_1 blocks as in the file; the project's ``int8`` and ``q4``)
 are described in :mod:`llm_kernels.reference`, whose dequantizers are the ground truth.
-:func:`quant_linear` runs up to :data:`~llm_kernels.native.MAX_ROWS` rows of float32 on CPU
-(decode) through the native kernel ``torch.ops.llm_kernels.quant_rows``; longer inputs
-(prefill), other devices and dtypes, and machines without the native kernels dequantize the
-weight and run ``F.linear``. Where Triton runs (CUDA tensors, or CPU ones under
+:func:`quant_linear` runs float32 on CPU through the native kernel
+``torch.ops.llm_kernels.quant_rows``: up to :data:`~llm_kernels.native.MAX_ROWS` rows (decode)
+in the arithmetic asked for, and prompts of up to :data:`PROMPT_ROWS` rows with float
+activations (``"int8-token"`` keeps its rounding); longer prompts, other devices and dtypes,
+and machines without the native kernels dequantize the weight and run ``F.linear``. Where Triton runs (CUDA tensors, or CPU ones under
 ``TRITON_INTERPRET=1``; see :mod:`llm_kernels.ops`) every shape goes to
 :func:`llm_kernels.triton.quant_linear` instead: W8A16 / W4A16 tiles dequantized in registers,
 and W8A8 (per-token int8 activations) for the int8 format when ``activations="int8"`` is asked
@@ -39,6 +40,11 @@ Format = Literal["q8_0", "q4_0", "q4_1", "int8", "q4"]
 Activations = Literal["int8", "float", "int8-token"]
 _MODES = {"float": 0, "int8": 1, "int8-token": 2}  # the kernel's codes
 
+# Past MAX_ROWS rows (a prompt), the native kernel multiplies with float activations (the
+# exact dequantized product), 16 rows a pass, up to PROMPT_ROWS rows; beyond, dequantizing
+# and BLAS are faster (SmolLM2's 1536 x 576 Q4_1 on one core: 0.76 ms against 1.36 ms at 32
+# rows, even at 128, slower at 512; docs/benchmarks.md).
+PROMPT_ROWS = 128
 FORMATS: dict[str, int] = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "int8": 3, "q4": 4}  # kernel codes
 DEFAULT_ACTIVATIONS: dict[str, Activations] = {
     "q8_0": "int8",
@@ -116,6 +122,8 @@ def quant_linear(
             int8_activations=mode == "int8-token" and format == "int8",
         )
     if _kernel_applies(x, qweight, bias) and native.available():
+        if mode == "int8" and x.numel() > native.MAX_ROWS * x.shape[-1]:
+            mode = "float"  # a prompt: the exact product, as the fallback below computes it
         return torch.ops.llm_kernels.quant_rows.default(
             x,
             qweight,
@@ -156,7 +164,7 @@ def _kernel_applies(x: torch.Tensor, qweight: torch.Tensor, bias: torch.Tensor |
         return False
     if x.dim() == 0 or x.shape[-1] % reference.QK != 0 or x.numel() == 0:
         return False
-    if x.numel() > native.MAX_ROWS * x.shape[-1] or not qweight.is_contiguous():
+    if x.numel() > PROMPT_ROWS * x.shape[-1] or not qweight.is_contiguous():
         return False
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_cpu):
         return False

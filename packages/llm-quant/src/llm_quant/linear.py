@@ -226,6 +226,15 @@ class GGUFLinear(QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._product(x, qweight=self.blocks)
 
+    def native_weight(self) -> tuple[torch.Tensor, int] | None:
+        """``(blocks, format code)`` for llm-kernels' fused decode layer
+        (``torch.ops.llm_kernels.decode_layer``), which multiplies GGUF blocks with int8
+        activations as this layer does; ``None`` where it would not compute what
+        :meth:`forward` does (float activations, a bias)."""
+        if self.activations != "int8" or self.bias is not None:
+            return None
+        return self.blocks, quant.FORMATS[self.format]
+
     def dequantize(self) -> torch.Tensor:
         """The float32 weight ``[N, K]`` this layer multiplies by."""
         return quant.dequantize(self.blocks, self.format)

@@ -224,3 +224,9 @@ TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
   lib.def("attend_rows(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("attend_rows", &attend_rows); }
+
+// For the other sources of the library (decode_layer.cpp): the same op, called directly.
+at::Tensor llm_kernels_attend_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& mask, double scale) {
+  return attend_rows(q, k, v, mask, scale);
+}

@@ -193,3 +193,9 @@ TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
 }
 
 TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("linear_rows", &linear_rows); }
+
+// For the other sources of the library (decode_layer.cpp): the same op, called directly.
+at::Tensor llm_kernels_linear_rows(const at::Tensor& x, const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& bias) {
+  return linear_rows(x, weight, bias);
+}

@@ -1,5 +1,6 @@
 // llm_kernels::quant_rows(x, qweight, scales, mins, format, group_size, bias, activations)
-// -> y: y = x @ W.T for up to 16 rows of float32 on CPU, W kept quantized as it is stored.
+// -> y: y = x @ W.T for rows of float32 on CPU, W kept quantized as it is stored (16 rows
+// at a time: a prompt of T rows reads the weights ceil(T / 16) times).
 //
 // Formats (layouts in llm_kernels/reference.py, W logically [N, K], K a multiple of 32):
 //   0 Q8_0, 1 Q4_0, 2 Q4_1: GGUF blocks, uint8 [N, K/32*B] (scales and mins unused);
@@ -437,7 +438,7 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
     }
   }
   const int64_t m = x.numel() / k;
-  TORCH_CHECK(m >= 1 && m <= kMaxRows, "quant_rows: 1 to ", kMaxRows, " input rows, got ", m);
+  TORCH_CHECK(m >= 1, "quant_rows: at least one input row");
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == at::kFloat &&
                     bias->dim() == 1 && bias->size(0) == out,
@@ -448,33 +449,36 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
   sizes.back() = out;
   at::Tensor y = at::empty(sizes, x.options());
   const int64_t blocks = k / kQK;
-  std::vector<int8_t> qx;
-  std::vector<float> dx, sx(m * blocks);
-  Acts a{xc.data_ptr<float>(), nullptr, nullptr, sx.data(), k};
-  if (int8_activations) {
-    qx.resize(m * k);
-    dx.resize(m * blocks);
-    quantize_rows(a.x, m, k, activations == 2, qx.data(), dx.data(), sx.data());
-    a.qx = qx.data();
-    a.dx = dx.data();
-  } else {
-    block_sums(a.x, m, k, sx.data());
-  }
   const bool has_mins = w.mins_f16 != nullptr;
   const ColumnsFn run_columns =
       int8_activations ? pick<true>(format, has_mins) : pick<false>(format, has_mins);
-  float* yp = y.data_ptr<float>();
   const int threads = at::get_num_threads();
-  if (threads == 1 || out * w.row_bytes < kSerialBytes) {
-    run_columns(w, a, m, yp, out, 0, out);
-  } else {
+  const int64_t rows = std::min(m, kMaxRows);
+  std::vector<int8_t> qx(int8_activations ? rows * k : 0);
+  std::vector<float> dx(int8_activations ? rows * blocks : 0), sx(rows * blocks);
+  // More than kMaxRows rows (a prompt): kMaxRows at a time, each pass reading the weights once.
+  for (int64_t r0 = 0; r0 < m; r0 += kMaxRows) {
+    const int64_t mr = std::min(kMaxRows, m - r0);
+    Acts a{xc.data_ptr<float>() + r0 * k, nullptr, nullptr, sx.data(), k};
+    if (int8_activations) {
+      quantize_rows(a.x, mr, k, activations == 2, qx.data(), dx.data(), sx.data());
+      a.qx = qx.data();
+      a.dx = dx.data();
+    } else {
+      block_sums(a.x, mr, k, sx.data());
+    }
+    float* yp = y.data_ptr<float>() + r0 * out;
+    if (threads == 1 || out * w.row_bytes < kSerialBytes) {
+      run_columns(w, a, mr, yp, out, 0, out);
+      continue;
+    }
     const int64_t chunk = std::max<int64_t>(4, kChunkBytes / w.row_bytes / 4 * 4);
     const int64_t n = (out + chunk - 1) / chunk;
     const int64_t T = std::min<int64_t>(threads, n);
     std::vector<Share> shares(T);
     for (int64_t t = 0; t < T; ++t) shares[t].init(n * t / T, n * (t + 1) / T);
     const auto run = [&](int64_t c) {
-      run_columns(w, a, m, yp, out, c * chunk, std::min(out, (c + 1) * chunk));
+      run_columns(w, a, mr, yp, out, c * chunk, std::min(out, (c + 1) * chunk));
     };
     at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
@@ -498,3 +502,12 @@ TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
 }
 
 TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("quant_rows", &quant_rows); }
+
+// For the other sources of the library (decode_layer.cpp): the same op, called directly.
+at::Tensor llm_kernels_quant_rows(const at::Tensor& x, const at::Tensor& qweight,
+                                  const std::optional<at::Tensor>& scales,
+                                  const std::optional<at::Tensor>& mins, int64_t format,
+                                  int64_t group_size, const std::optional<at::Tensor>& bias,
+                                  int64_t activations) {
+  return quant_rows(x, qweight, scales, mins, format, group_size, bias, activations);
+}
