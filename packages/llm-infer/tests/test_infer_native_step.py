@@ -1,0 +1,163 @@
+"""The native decode step (one llm-kernels ``decode_layer`` call per layer) against the model's
+own modules: the same logits and the same cache, float32 and GGUF-quantized layers, one row and
+a batch; the models it must not take fall back to the modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from llm_core import ModelConfig, Transformer
+from llm_infer.generate import DecodeStep
+from llm_infer.native_step import NativeDecoder
+from llm_kernels import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.error}")
+CONFIG = dict(
+    vocab_size=256,
+    n_embd=128,
+    n_layer=2,
+    n_head=4,
+    n_kv_head=2,
+    intermediate_size=256,
+    max_seq_len=256,
+    mlp="swiglu",
+    tie_embeddings=False,
+    init_std=0.1,
+)
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+PROJECTIONS += ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def make_model(**overrides) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(ModelConfig.from_dict(CONFIG | overrides)).eval()
+
+
+def quantize(model: Transformer, fmt: str, activations: str = "int8") -> Transformer:
+    """Every projection as a GGUFLinear of gguf-py's ``fmt`` blocks of its weight."""
+    gguf = pytest.importorskip("gguf")
+    from llm_quant.linear import GGUFLinear
+
+    qtype = gguf.GGMLQuantizationType[fmt.upper()]
+    for layer in model.model.layers:
+        for name in PROJECTIONS:
+            parent_name, _, child = name.rpartition(".")
+            parent = layer.get_submodule(parent_name)
+            w = getattr(parent, child).weight.detach().numpy()
+            blocks = torch.from_numpy(gguf.quants.quantize(w, qtype).copy())
+            new = GGUFLinear.from_blocks(blocks, fmt, w.shape[1], activations=activations)
+            setattr(parent, child, new)
+    return model
+
+
+def compare(model: Transformer, batch: int = 1, steps: int = 6) -> tuple[float, float]:
+    """The worst logit and cache differences, relative, between the native step and the
+    modules over ``steps`` decode steps after a 20-token prompt."""
+    decoder = NativeDecoder.for_model(model)
+    assert decoder is not None
+    caches = [model.new_cache(batch, capacity=64) for _ in range(2)]
+    prompt = torch.randint(0, 256, (batch, 20), generator=torch.Generator().manual_seed(1))
+    worst_logits = worst_cache = 0.0
+    with torch.no_grad():
+        for cache in caches:
+            model(prompt, cache, logits_to_keep=1)
+        token = prompt[:, -1:]
+        for t in range(steps):
+            position = torch.full((batch, 1), 20 + t)
+            ours = decoder(token, position, caches[0])  # (B, V)
+            theirs = model(token, caches[1], position)[:, -1]  # (B, V)
+            scale = theirs.abs().max().item()
+            worst_logits = max(worst_logits, (ours - theirs).abs().max().item() / scale)
+            token = theirs.argmax(-1, keepdim=True)  # both caches get the same next token
+    assert caches[0].length == caches[1].length
+    for a, b in zip(caches[0].k + caches[0].v, caches[1].k + caches[1].v, strict=True):
+        worst_cache = max(worst_cache, (a - b).abs().max().item() / b.abs().max().item())
+    return worst_logits, worst_cache
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_float_layers_give_the_modules_logits_and_cache(batch):
+    model = make_model().fuse_projections()  # fused q/k/v and gate/up: one product each
+    logits, cache = compare(model, batch)
+    assert logits < 1e-5 and cache < 1e-5, (logits, cache)
+
+
+def test_a_sliding_window_is_the_mask_the_model_computes():
+    logits, cache = compare(make_model(window_size=8).fuse_projections())  # 20 > 8 tokens
+    assert logits < 1e-5 and cache < 1e-5, (logits, cache)
+
+
+def test_separate_float_projections_too():
+    logits, cache = compare(make_model())  # not fused
+    assert logits < 1e-5 and cache < 1e-5, (logits, cache)
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1"])
+def test_gguf_layers_give_the_modules_logits_up_to_int8_rounding(fmt):
+    # The same kernels with int8 activations; only the norms' float32 rounding differs, and
+    # an activation block whose rounding it moves changes a product by one step of dx.
+    logits, cache = compare(quantize(make_model(), fmt))
+    assert logits < 2e-2 and cache < 2e-2, (logits, cache)
+
+
+def test_decode_step_takes_the_native_step_by_default_only():
+    model = make_model()
+    assert DecodeStep(model).kind == "native"
+    assert DecodeStep(model, compile=False).kind == "eager"
+    assert DecodeStep(model, compile=True).kind == "compiled"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(mlp="gelu"), dict(qkv_bias=True), dict(norm="layernorm"), dict(o_bias=True)],
+    ids=["gelu-mlp", "qkv-bias", "layernorm", "o-bias"],
+)
+def test_blocks_it_does_not_compute_decode_through_the_modules(overrides):
+    model = make_model(**overrides)
+    assert NativeDecoder.for_model(model) is None
+    assert DecodeStep(model).kind in ("eager", "compiled")
+
+
+def test_layers_it_does_not_compute_decode_through_the_modules():
+    model = quantize(make_model(), "q8_0", activations="float")  # the native layer is int8
+    assert NativeDecoder.for_model(model) is None
+
+    class Scaled(torch.nn.Linear):  # a layer of its own: its forward is not a plain product
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = make_model()
+    old = model.model.layers[1].mlp.down_proj
+    model.model.layers[1].mlp.down_proj = Scaled(old.in_features, old.out_features, bias=False)
+    assert NativeDecoder.for_model(model) is None
+
+
+def test_other_caches_decode_through_the_modules():
+    model = make_model(window_size=8, sink_tokens=2)
+    step = DecodeStep(model)
+    assert step.kind == "native"
+    sink = model.new_cache(1, kind="sink")
+    assert not step.native.serves(sink)
+    with torch.no_grad():
+        model(torch.tensor([list(range(5))]), sink, logits_to_keep=1)
+        got = step(torch.tensor([[7]]), torch.tensor([[5]]), sink)  # the modules' step
+    assert got.shape == (1, 256)
+
+
+def test_the_op_names_a_bad_argument():
+    model = make_model()
+    decoder = NativeDecoder.for_model(model)
+    cache = model.new_cache(1, capacity=8)
+    spec = decoder.layers[0]
+    x = torch.zeros(1, 1, 128)
+    cos = sin = torch.zeros(1, 16)
+    mask = torch.ones(1, 1, 1, 1, dtype=torch.bool)
+    args = [spec["attn_norm"], spec["mlp_norm"], 1e-5, *spec["qkv"], *spec["o"]]
+    args += [*spec["gate_up"], *spec["down"], cache.k[0], cache.v[0]]
+    op = torch.ops.llm_kernels.decode_layer.default
+    with pytest.raises(RuntimeError, match="slot 8 outside a cache of 8"):
+        op(x, *args, 8, cos, sin, mask, 4, 2, 0.125)
+    with pytest.raises(RuntimeError, match="cos and sin must be float32"):
+        op(x, *args, 0, torch.zeros(1, 3), sin, mask, 4, 2, 0.125)
+    with pytest.raises(RuntimeError, match="x must be float32"):
+        op(torch.zeros(1, 2, 128), *args, 0, cos, sin, mask, 4, 2, 0.125)
