@@ -132,6 +132,35 @@ def test_layers_it_does_not_compute_decode_through_the_modules():
     assert NativeDecoder.for_model(model) is None
 
 
+def test_models_with_a_forward_of_their_own_decode_through_it():
+    model = make_model()
+
+    class Wrapper:  # wraps a model as a test gate or a tracing hook does
+        def __init__(self, inner):
+            self.model, self.calls = inner, 0
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def forward(self, tokens, cache=None, positions=None, *, logits_to_keep=0):
+            self.calls += 1
+            return self.model.forward(tokens, cache, positions, logits_to_keep=logits_to_keep)
+
+        __call__ = forward
+
+    wrapped = Wrapper(model)
+    assert NativeDecoder.for_model(wrapped) is None
+    step = DecodeStep(wrapped, compile=None)
+    assert step.kind != "native"
+
+    class Doubled(type(model)):
+        def forward(self, *args, **kwargs):
+            return 2 * super().forward(*args, **kwargs)
+
+    model.__class__ = Doubled
+    assert NativeDecoder.for_model(model) is None
+
+
 def test_other_caches_decode_through_the_modules():
     model = make_model(window_size=8, sink_tokens=2)
     step = DecodeStep(model)

@@ -28,7 +28,7 @@ FinishReason = Literal["stop", "length", "cancelled"]
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the activations of a long prompt
 # Below this many parameters a model decodes eagerly by default: its steps take about a
 # millisecond already, and a compilation (tens of seconds on a few cores) would not pay back
-# in an interactive session. The llama-125m shape and SmolLM2-135M compile.
+# in an interactive session. (Llama-style models take the native step first, see DecodeStep.)
 COMPILE_MIN_PARAMETERS = 20_000_000
 
 log = logging.getLogger("llm_infer")
