@@ -13,7 +13,9 @@
 // Two ways to multiply, chosen per call (`activations`):
 //   1, int8 activations: each row of x quantized per block of 32 (as llama.cpp's Q8_0/Q8_1:
 //     dx = amax / 127, qx = round(x / dx), sx = dx * sum(qx)); per block an int8 dot product
-//     (AVX-512 VNNI / AVX-VNNI vpdpbusd, else AVX2 maddubs), y += d dx dot + m sx.
+//     (AVX-512 VNNI / AVX-VNNI vpdpbusd, else AVX2 maddubs), y += d dx dot + m sx. Q8_0 and
+//     4-bit blocks in GGUF order go two blocks of a row at a time (pairs_q8, pairs_4bit: one
+//     conversion and scaling for both, the 4-bit zero point -8 in integers).
 //   2, the same with one dx per row (dynamic per-token W8A8: dx = the row's amax / 127).
 //   0, float activations: weights widened to float in registers, y += d sum(q x) + m sum(x);
 //     the exact dequantized product apart from float32 rounding.
@@ -189,6 +191,162 @@ inline __m256i centred(__m256i w) {
   return w;
 }
 
+// acc + u . s per group of 4 bytes (u unsigned, s signed).
+inline __m256i dot_acc(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+// The float16 scales (and mins) of blocks b and b + 1 of row n, converted together:
+// [d0, d1, -, -] for symmetric blocks, [d0, m0, d1, m1] for blocks with a min.
+template <int F, bool Min>
+inline __m128 pair_scales(const Weights& w, int64_t n, int64_t b) {
+  uint64_t h;
+  if constexpr (F == kQ8_0) {
+    const uint8_t* p = w.q + n * w.row_bytes + b * 34;
+    h = uint64_t(read_u16(p)) | uint64_t(read_u16(p + 34)) << 16;
+  } else if constexpr (F == kQ4_0) {
+    const uint8_t* p = w.q + n * w.row_bytes + b * 18;
+    h = uint64_t(read_u16(p)) | uint64_t(read_u16(p + 18)) << 16;
+  } else if constexpr (F == kQ4_1) {
+    const uint8_t* p = w.q + n * w.row_bytes + b * 20;
+    uint32_t lo, hi;
+    std::memcpy(&lo, p, 4);
+    std::memcpy(&hi, p + 20, 4);
+    h = uint64_t(lo) | uint64_t(hi) << 32;
+  } else {  // q4, groups of 32: block b's scale is the group's
+    const int64_t i = n * w.groups + b;
+    if constexpr (Min) {
+      h = uint64_t(w.scales_f16[i]) | uint64_t(w.mins_f16[i]) << 16 |
+          uint64_t(w.scales_f16[i + 1]) << 32 | uint64_t(w.mins_f16[i + 1]) << 48;
+    } else {
+      h = uint64_t(w.scales_f16[i]) | uint64_t(w.scales_f16[i + 1]) << 16;
+    }
+  }
+  return _mm_cvtph_ps(_mm_cvtsi64_si128(int64_t(h)));
+}
+
+// Int8 activations on 4-bit blocks in GGUF order, two blocks (b, b + 1) of a row at a time:
+// one 256-bit vector holds both blocks' low nibbles, another their high nibbles, so that the
+// int32 lanes 0-3 sum block b and lanes 4-7 block b + 1, and the scales, the zero point and
+// the conversion to float are applied to both at once. Symmetric blocks (w = (q - 8) d) take
+// the zero point in integers: dot(q, x) - 8 sum(x), exact; blocks with a min (w = q d + m) add
+// m sx per lane, a quarter of it in each of the block's four lanes. Adds to acc; returns the
+// number of blocks done (all but an odd last one).
+template <int F, bool Min, int R, int M>
+inline int64_t pairs_4bit(const Weights& w, int64_t n, const Acts& a, __m256 (&acc)[R][M]) {
+  const int64_t blocks = a.k / kQK;
+  const int64_t end = blocks & ~int64_t(1);
+  const __m256i low = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i d_lanes = Min ? _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)
+                              : _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+  const __m256i m_lanes = _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3);
+  for (int64_t b = 0; b < end; b += 2) {
+    __m256i lo[R], hi[R];
+    __m256 dv[R], mv[R];
+    for (int r = 0; r < R; ++r) {
+      const BlockRef r0 = block_ref<F, Min>(w, n + r, b), r1 = block_ref<F, Min>(w, n + r, b + 1);
+      const __m256 h = _mm256_castps128_ps256(pair_scales<F, Min>(w, n + r, b));
+      __builtin_prefetch(r0.p + kPrefetchBytes, 0, 3);
+      const __m256i v = _mm256_inserti128_si256(
+          _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0.p))),
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1.p)), 1);
+      lo[r] = _mm256_and_si256(v, low);
+      hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      dv[r] = _mm256_permutevar8x32_ps(h, d_lanes);
+      if constexpr (Min) mv[r] = _mm256_permutevar8x32_ps(h, m_lanes);
+    }
+    for (int mm = 0; mm < M; ++mm) {
+      const int8_t* xp = a.qx + mm * a.k + b * kQK;
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp));
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + kQK));
+      const __m256i xlo = _mm256_permute2x128_si256(x0, x1, 0x20);  // elements 0-15 of each
+      const __m256i xhi = _mm256_permute2x128_si256(x0, x1, 0x31);  // elements 16-31
+      const float* dxp = a.dx + mm * blocks + b;
+      const __m256 dxv = _mm256_blend_ps(_mm256_set1_ps(dxp[0]), _mm256_set1_ps(dxp[1]), 0xF0);
+      __m256i corr = zero;
+      __m256 sxv = _mm256_setzero_ps();
+      if constexpr (Min) {
+        const float* sxp = a.sx + mm * blocks + b;
+        sxv = _mm256_mul_ps(_mm256_set1_ps(0.25f),
+                            _mm256_blend_ps(_mm256_set1_ps(sxp[0]), _mm256_set1_ps(sxp[1]), 0xF0));
+      } else {
+        corr = dot_acc(dot_acc(zero, eight, xlo), eight, xhi);  // 8 sum(x), lane by lane
+      }
+      for (int r = 0; r < R; ++r) {
+        __m256i s = dot_acc(dot_acc(zero, lo[r], xlo), hi[r], xhi);
+        if constexpr (!Min) s = _mm256_sub_epi32(s, corr);
+        acc[r][mm] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dv[r], dxv), acc[r][mm]);
+        if constexpr (Min) acc[r][mm] = _mm256_fmadd_ps(mv[r], sxv, acc[r][mm]);
+      }
+    }
+  }
+  return end;
+}
+
+// Int8 activations on Q8_0 blocks, two blocks (b, b + 1) of a row at a time: each block's dot
+// product in 8 int32 lanes, folded to 4 (lanes 0-3 block b, 4-7 block b + 1) so that scaling
+// and conversion to float serve both. With VNNI the signed weights enter vpdpbusd as w + 128
+// (unsigned) and 128 sum(x), folded alike, is subtracted; without it (maddubs would saturate)
+// the signs move to the activations as in dot_i8. Adds to acc; returns the number of blocks
+// done (all but an odd last one).
+inline __m256i fold_pair(__m256i s0, __m256i s1) {
+  return _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20),
+                          _mm256_permute2x128_si256(s0, s1, 0x31));
+}
+
+template <int R, int M>
+inline int64_t pairs_q8(const Weights& w, int64_t n, const Acts& a, __m256 (&acc)[R][M]) {
+  const int64_t blocks = a.k / kQK;
+  const int64_t end = blocks & ~int64_t(1);
+  const __m256i d_lanes = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+  const __m256i zero = _mm256_setzero_si256();
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)
+  constexpr bool kBiased = true;
+#else
+  constexpr bool kBiased = false;
+#endif
+  const __m256i bias = _mm256_set1_epi8(char(0x80));
+  for (int64_t b = 0; b < end; b += 2) {
+    __m256i w0[R], w1[R];
+    __m256 dv[R];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* p = w.q + (n + r) * w.row_bytes + b * 34;
+      __builtin_prefetch(p + kPrefetchBytes, 0, 3);
+      w0[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
+      w1[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 36));
+      if constexpr (kBiased) w0[r] = _mm256_xor_si256(w0[r], bias), w1[r] = _mm256_xor_si256(w1[r], bias);
+      const __m256 h = _mm256_castps128_ps256(pair_scales<kQ8_0, false>(w, n + r, b));
+      dv[r] = _mm256_permutevar8x32_ps(h, d_lanes);
+    }
+    for (int mm = 0; mm < M; ++mm) {
+      const int8_t* xp = a.qx + mm * a.k + b * kQK;
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp));
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + kQK));
+      const float* dxp = a.dx + mm * blocks + b;
+      const __m256 dxv = _mm256_blend_ps(_mm256_set1_ps(dxp[0]), _mm256_set1_ps(dxp[1]), 0xF0);
+      __m256i corr = zero;
+      if constexpr (kBiased) corr = fold_pair(dot_acc(zero, bias, x0), dot_acc(zero, bias, x1));
+      for (int r = 0; r < R; ++r) {
+        __m256i s;
+        if constexpr (kBiased) {
+          s = _mm256_sub_epi32(fold_pair(dot_acc(zero, w0[r], x0), dot_acc(zero, w1[r], x1)), corr);
+        } else {
+          s = fold_pair(dot_i8<kQ8_0>(w0[r], x0), dot_i8<kQ8_0>(w1[r], x1));
+        }
+        acc[r][mm] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dv[r], dxv), acc[r][mm]);
+      }
+    }
+  }
+  return end;
+}
+
 // y[mm * ld_y + r] for R weight rows from row n, M input rows.
 template <int F, bool Min, bool IntAct, int R, int M>
 void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
@@ -197,7 +355,12 @@ void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
   float off[R][M];  // the m * sx terms
   for (int r = 0; r < R; ++r)
     for (int mm = 0; mm < M; ++mm) acc[r][mm] = _mm256_setzero_ps(), off[r][mm] = 0.f;
-  for (int64_t b = 0; b < blocks; ++b) {
+  int64_t b0 = 0;
+  if constexpr (IntAct && is_4bit(F)) {
+    if (F != kQ4 || w.group == kQK) b0 = pairs_4bit<F, Min, R, M>(w, n, a, acc);  // GGUF order
+  }
+  if constexpr (IntAct && F == kQ8_0) b0 = pairs_q8<R, M>(w, n, a, acc);
+  for (int64_t b = b0; b < blocks; ++b) {
     BlockRef ref[R];
     __m256i wv[R];
     for (int r = 0; r < R; ++r) {
