@@ -100,6 +100,34 @@ def test_gguf_layers_give_the_modules_logits_up_to_int8_rounding(fmt):
     assert logits < 2e-2 and cache < 2e-2, (logits, cache)
 
 
+@pytest.mark.parametrize("fmt", [None, "q4_0", "q8_0"])
+def test_the_step_gives_the_same_bits_on_any_number_of_threads(fmt):
+    # decode_layer runs each layer as one parallel region whose units any thread may take;
+    # every output must still come from the same operations
+    model = make_model() if fmt is None else quantize(make_model(), fmt)
+    decoder = NativeDecoder.for_model(model)
+    prompt = torch.randint(0, 256, (3, 20), generator=torch.Generator().manual_seed(2))
+    runs = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3, 4):
+            torch.set_num_threads(1)  # the prompt through the modules, alike for every run
+            cache = model.new_cache(3, capacity=64)
+            with torch.no_grad():
+                model(prompt, cache, logits_to_keep=1)
+                torch.set_num_threads(threads)
+                token, logits = prompt[:, -1:], []
+                for t in range(4):
+                    logits.append(decoder(token, torch.full((3, 1), 20 + t), cache))
+                    token = logits[-1].argmax(-1, keepdim=True)
+            runs.append((torch.stack(logits), [k.clone() for k in cache.k + cache.v]))
+    finally:
+        torch.set_num_threads(before)
+    for logits, tensors in runs[1:]:
+        assert torch.equal(logits, runs[0][0])
+        assert all(torch.equal(a, b) for a, b in zip(tensors, runs[0][1], strict=True))
+
+
 def test_decode_step_takes_the_native_step_by_default_only():
     model = make_model()
     assert DecodeStep(model).kind == "native"

@@ -134,8 +134,9 @@ inline float exp_shift_sum(float* p, int64_t n, float mx) {
   return sum;
 }
 
-at::Tensor attend_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                       const at::Tensor& mask, double scale) {
+// Checks q, k, v and mask as attend_rows takes them (y: [B, H, T, D]).
+void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                const at::Tensor& mask) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attend_rows: q, k, v must be 4-D");
   TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu() && mask.device().is_cpu(),
               "attend_rows: CPU tensors only");
@@ -151,69 +152,86 @@ at::Tensor attend_rows(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   TORCH_CHECK((mask.size(0) == 1 || mask.size(0) == B) && mask.size(1) == 1 && mask.size(2) == T &&
                   mask.size(3) == S,
               "attend_rows: mask ", mask.sizes(), " does not fit [B|1, 1, ", T, ", ", S, "]");
+}
+
+// The units [begin, end) of (row, KV head, query), u = (b * H_kv + hk) * T + t, into y
+// (contiguous [B, H, T, D]); arguments checked by check_args. Allocates only its scratch.
+void attend_units(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& mask, double scale, float* yp, int64_t begin, int64_t end) {
+  const int64_t H = q.size(1), T = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), S = k.size(2);
   const int64_t G = H / Hkv;
-  at::Tensor y = at::empty({B, H, T, D}, q.options());
   const float* qp = q.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   const bool* mp = mask.data_ptr<bool>();
-  float* yp = y.data_ptr<float>();
   const int64_t qs0 = q.stride(0), qs1 = q.stride(1), qs2 = q.stride(2);
   const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
   const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
   const int64_t ms0 = mask.size(0) == 1 ? 0 : mask.stride(0), ms2 = mask.stride(2), ms3 = mask.stride(3);
   const float sc = static_cast<float>(scale);
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  std::vector<float> scores(G * S);
+  std::vector<float> maxes(G);
+  std::vector<const float*> qs(G);
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t t = u % T, hk = (u / T) % Hkv, b = u / (T * Hkv);
+    const float* kb = kp + b * ks0 + hk * ks1;
+    const float* vb = vp + b * vs0 + hk * vs1;
+    const bool* mrow = mp + b * ms0 + t * ms2;
+    for (int64_t g = 0; g < G; ++g) {
+      qs[g] = qp + b * qs0 + (hk * G + g) * qs1 + t * qs2;
+      maxes[g] = kNegInf;
+    }
+    // scores: four keys at a time (independent sums), each key read once for the group
+    int64_t s = 0;
+    for (; s + 4 <= S; s += 4) {
+      const float* k0 = kb + s * ks2;
+      for (int64_t g = 0; g < G; ++g) {
+        float x[4];
+        dot4(qs[g], k0, ks2, D, x);
+        for (int j = 0; j < 4; ++j) {
+          x[j] = mrow[(s + j) * ms3] ? x[j] * sc : kNegInf;
+          scores[g * S + s + j] = x[j];
+          maxes[g] = std::max(maxes[g], x[j]);
+        }
+      }
+    }
+    for (; s < S; ++s) {
+      const bool seen = mrow[s * ms3];
+      for (int64_t g = 0; g < G; ++g) {
+        const float x = seen ? dot(qs[g], kb + s * ks2, D) * sc : kNegInf;
+        scores[g * S + s] = x;
+        maxes[g] = std::max(maxes[g], x);
+      }
+    }
+    float* outs = yp + ((b * H + hk * G) * T + t) * D;  // head g at outs + g * T * D
+    for (int64_t g = 0; g < G; ++g) {
+      float* sg = scores.data() + g * S;
+      if (maxes[g] == kNegInf) {  // sees no key: zeros, as the reference
+        std::fill(sg, sg + S, 0.f);
+        continue;
+      }
+      const float inv = 1.f / exp_shift_sum(sg, S, maxes[g]);
+      for (int64_t s = 0; s < S; ++s) sg[s] *= inv;
+    }
+    // values: each head's output in registers, 128 columns at a time
+    for (int64_t g = 0; g < G; ++g) weigh_rows(scores.data() + g * S, vb, vs2, S, D, outs + g * T * D);
+  }
+}
+
+at::Tensor attend_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       const at::Tensor& mask, double scale) {
+  check_args(q, k, v, mask);
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), S = k.size(2);
+  const int64_t G = H / Hkv;
+  at::Tensor y = at::empty({B, H, T, D}, q.options());
+  float* yp = y.data_ptr<float>();
   const int64_t units = B * Hkv * T;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, G * S * D));
   at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(G * S);
-    std::vector<float> maxes(G);
-    std::vector<const float*> qs(G);
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t t = u % T, hk = (u / T) % Hkv, b = u / (T * Hkv);
-      const float* kb = kp + b * ks0 + hk * ks1;
-      const float* vb = vp + b * vs0 + hk * vs1;
-      const bool* mrow = mp + b * ms0 + t * ms2;
-      for (int64_t g = 0; g < G; ++g) {
-        qs[g] = qp + b * qs0 + (hk * G + g) * qs1 + t * qs2;
-        maxes[g] = kNegInf;
-      }
-      // scores: four keys at a time (independent sums), each key read once for the group
-      int64_t s = 0;
-      for (; s + 4 <= S; s += 4) {
-        const float* k0 = kb + s * ks2;
-        for (int64_t g = 0; g < G; ++g) {
-          float x[4];
-          dot4(qs[g], k0, ks2, D, x);
-          for (int j = 0; j < 4; ++j) {
-            x[j] = mrow[(s + j) * ms3] ? x[j] * sc : kNegInf;
-            scores[g * S + s + j] = x[j];
-            maxes[g] = std::max(maxes[g], x[j]);
-          }
-        }
-      }
-      for (; s < S; ++s) {
-        const bool seen = mrow[s * ms3];
-        for (int64_t g = 0; g < G; ++g) {
-          const float x = seen ? dot(qs[g], kb + s * ks2, D) * sc : kNegInf;
-          scores[g * S + s] = x;
-          maxes[g] = std::max(maxes[g], x);
-        }
-      }
-      float* outs = yp + ((b * H + hk * G) * T + t) * D;  // head g at outs + g * T * D
-      for (int64_t g = 0; g < G; ++g) {
-        float* sg = scores.data() + g * S;
-        if (maxes[g] == kNegInf) {  // sees no key: zeros, as the reference
-          std::fill(sg, sg + S, 0.f);
-          continue;
-        }
-        const float inv = 1.f / exp_shift_sum(sg, S, maxes[g]);
-        for (int64_t s = 0; s < S; ++s) sg[s] *= inv;
-      }
-      // values: each head's output in registers, 128 columns at a time
-      for (int64_t g = 0; g < G; ++g) weigh_rows(scores.data() + g * S, vb, vs2, S, D, outs + g * T * D);
-    }
+    attend_units(q, k, v, mask, scale, yp, begin, end);
   });
   return y;
 }
@@ -225,8 +243,14 @@ TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
 }
 TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("attend_rows", &attend_rows); }
 
-// For the other sources of the library (decode_layer.cpp): the same op, called directly.
-at::Tensor llm_kernels_attend_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                   const at::Tensor& mask, double scale) {
-  return attend_rows(q, k, v, mask, scale);
+// decode_layer.cpp's view: the arguments' checks, and the units [begin, end) of the loop above
+// into a preallocated contiguous y (called from inside its own parallel region).
+void llm_kernels_attend_check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& mask) {
+  check_args(q, k, v, mask);
+}
+void llm_kernels_attend_units(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& mask, double scale, float* y, int64_t begin,
+                              int64_t end) {
+  attend_units(q, k, v, mask, scale, y, begin, end);
 }

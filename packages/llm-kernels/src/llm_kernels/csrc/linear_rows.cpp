@@ -194,8 +194,9 @@ TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
 
 TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("linear_rows", &linear_rows); }
 
-// For the other sources of the library (decode_layer.cpp): the same op, called directly.
-at::Tensor llm_kernels_linear_rows(const at::Tensor& x, const at::Tensor& weight,
-                                   const std::optional<at::Tensor>& bias) {
-  return linear_rows(x, weight, bias);
+// decode_layer.cpp's view: output columns [begin, end) of x [m, in] times the row-major weight
+// w [out, in], y[r * ld_y + n] for input row r (any m; called inside its parallel region).
+void llm_kernels_linear_columns(const float* w, int64_t in, const float* x, int64_t m, float* y,
+                                int64_t ld_y, int64_t begin, int64_t end) {
+  columns(w, in, x, m, y, ld_y, begin, end);
 }
