@@ -1,4 +1,4 @@
-"""The native decode step (one llm-kernels ``decode_layer`` call per layer) against the model's
+"""The native decode step (one llm-kernels ``decode_layers`` call for the layers) against the model's
 own modules: the same logits and the same cache, float32 and GGUF-quantized layers, one row and
 a batch; the models it must not take fall back to the modules."""
 
@@ -102,7 +102,7 @@ def test_gguf_layers_give_the_modules_logits_up_to_int8_rounding(fmt):
 
 @pytest.mark.parametrize("fmt", [None, "q4_0", "q8_0"])
 def test_the_step_gives_the_same_bits_on_any_number_of_threads(fmt):
-    # decode_layer runs each layer as one parallel region whose units any thread may take;
+    # decode_layers runs the step as one parallel region whose units any thread may take;
     # every output must still come from the same operations
     model = make_model() if fmt is None else quantize(make_model(), fmt)
     decoder = NativeDecoder.for_model(model)
@@ -205,16 +205,22 @@ def test_the_op_names_a_bad_argument():
     model = make_model()
     decoder = NativeDecoder.for_model(model)
     cache = model.new_cache(1, capacity=8)
-    spec = decoder.layers[0]
+    (_, _, w), = decoder.runs
     x = torch.zeros(1, 1, 128)
     cos = sin = torch.zeros(1, 16)
     mask = torch.ones(1, 1, 1, 1, dtype=torch.bool)
-    args = [spec["attn_norm"], spec["mlp_norm"], 1e-5, *spec["qkv"], *spec["o"]]
-    args += [*spec["gate_up"], *spec["down"], cache.k[0], cache.v[0]]
-    op = torch.ops.llm_kernels.decode_layer.default
+    weights = [w["attn_norms"], w["mlp_norms"], 1e-5, w["qkv"], w["qkv_formats"], w["o"]]
+    weights += [w["o_formats"], w["gate_up"], w["gate_up_formats"], w["down"], w["down_formats"]]
+    args = [*weights, cache.k, cache.v]
+    op = torch.ops.llm_kernels.decode_layers.default
     with pytest.raises(RuntimeError, match="slot 8 outside a cache of 8"):
         op(x, *args, 8, cos, sin, mask, 4, 2, 0.125)
     with pytest.raises(RuntimeError, match="cos and sin must be float32"):
         op(x, *args, 0, torch.zeros(1, 3), sin, mask, 4, 2, 0.125)
     with pytest.raises(RuntimeError, match="x must be float32"):
         op(torch.zeros(1, 2, 128), *args, 0, cos, sin, mask, 4, 2, 0.125)
+    with pytest.raises(RuntimeError, match="one entry per layer"):
+        op(x, *weights, cache.k[:1], cache.v, 0, cos, sin, mask, 4, 2, 0.125)
+    with pytest.raises(RuntimeError, match="qkv needs 1 or 3 weights per layer"):
+        bad = [*weights[:3], w["qkv"][:-1], w["qkv_formats"][:-1], *weights[5:]]
+        op(x, *bad, cache.k, cache.v, 0, cos, sin, mask, 4, 2, 0.125)

@@ -1,11 +1,11 @@
-"""The native decode step: one call into llm-kernels per layer.
+"""The native decode step: one call into llm-kernels for all the layers.
 
 A decode step of a small model is mostly overhead: SmolLM2-135M's 30 layers make some thirty
 small torch ops each, and the interpreter and dispatcher cost as much as the matrix products
-(docs/benchmarks.md). :class:`NativeDecoder` runs each Llama-style block of a decode step as
-one ``torch.ops.llm_kernels.decode_layer`` call (the norms, the products through the native
-kernels the layers use themselves, RoPE, the cache write, attention and SwiGLU, in C++), and
-keeps in Python what happens once per step: the cache's bookkeeping, the rotation tables and
+(docs/benchmarks.md). :class:`NativeDecoder` runs the Llama-style blocks of a decode step as
+one ``torch.ops.llm_kernels.decode_layers`` call (the norms, the products through the native
+kernels the layers use themselves, RoPE, the cache write, attention and SwiGLU, in C++, in one
+parallel region), and keeps in Python what happens once per step: the cache's bookkeeping, the rotation tables and
 mask (computed by the model's own code), the embedding, the final norm and the LM head.
 
 It serves models whose every block it can compute exactly as the modules do: llm-core's
@@ -72,7 +72,7 @@ def _norm_weight(norm: Any, eps: float) -> torch.Tensor | None:
 
 class NativeDecoder:
     """``decoder(token, position, cache) -> logits [B, V]`` through llm-kernels'
-    ``decode_layer``; build it with :meth:`for_model`, which says ``None`` for a model it
+    ``decode_layers``; build it with :meth:`for_model`, which says ``None`` for a model it
     cannot serve exactly."""
 
     def __init__(self, model: Any, layers: list[dict[str, Any]]) -> None:
@@ -82,6 +82,33 @@ class NativeDecoder:
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.eps = float(cfg.norm_eps)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        # runs of consecutive layers alike in shape (fused or separate projections): one call
+        # each, the op's weight lists flattened in layer order
+        self.runs: list[tuple[int, int, dict[str, Any]]] = []
+        start = 0
+        for end in range(1, len(layers) + 1):
+            if end == len(layers) or self._shape(layers[end]) != self._shape(layers[start]):
+                self.runs.append((start, end, self._flatten(layers[start:end])))
+                start = end
+
+    @staticmethod
+    def _shape(spec: dict[str, Any]) -> tuple[int, int]:
+        return len(spec["qkv"][0]), len(spec["gate_up"][0])
+
+    @staticmethod
+    def _flatten(specs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "attn_norms": [s["attn_norm"] for s in specs],
+            "mlp_norms": [s["mlp_norm"] for s in specs],
+            "qkv": [w for s in specs for w in s["qkv"][0]],
+            "qkv_formats": [f for s in specs for f in s["qkv"][1]],
+            "o": [s["o"][0] for s in specs],
+            "o_formats": [s["o"][1] for s in specs],
+            "gate_up": [w for s in specs for w in s["gate_up"][0]],
+            "gate_up_formats": [f for s in specs for f in s["gate_up"][1]],
+            "down": [s["down"][0] for s in specs],
+            "down_formats": [s["down"][1] for s in specs],
+        }
 
     @classmethod
     def for_model(cls, model: Any) -> NativeDecoder | None:
@@ -109,7 +136,7 @@ class NativeDecoder:
                 return None
         except AttributeError:
             return None
-        if not native.available() or not hasattr(torch.ops.llm_kernels, "decode_layer"):
+        if not native.available() or not hasattr(torch.ops.llm_kernels, "decode_layers"):
             return None
         layers = []
         for block in body.layers:
@@ -144,23 +171,23 @@ class NativeDecoder:
         cos, sin = cos.reshape(B, half).contiguous(), sin.reshape(B, half).contiguous()
         slot = cache.length - 1
         x = body.embed_tokens(token)  # (B, 1, C)
-        op = torch.ops.llm_kernels.decode_layer.default
-        for i, spec in enumerate(self.layers):
+        op = torch.ops.llm_kernels.decode_layers.default
+        for start, end, w in self.runs:
             x = op(
                 x,
-                spec["attn_norm"],
-                spec["mlp_norm"],
+                w["attn_norms"],
+                w["mlp_norms"],
                 self.eps,
-                spec["qkv"][0],
-                spec["qkv"][1],
-                spec["o"][0],
-                spec["o"][1],
-                spec["gate_up"][0],
-                spec["gate_up"][1],
-                spec["down"][0],
-                spec["down"][1],
-                cache.k[i],
-                cache.v[i],
+                w["qkv"],
+                w["qkv_formats"],
+                w["o"],
+                w["o_formats"],
+                w["gate_up"],
+                w["gate_up_formats"],
+                w["down"],
+                w["down_formats"],
+                cache.k[start:end],
+                cache.v[start:end],
                 slot,
                 cos,
                 sin,

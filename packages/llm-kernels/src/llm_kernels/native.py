@@ -43,7 +43,7 @@ MAX_ROWS = 16  # input rows that linear_rows takes (kMaxRows in its source); que
 # that llm_kernels.attention hands to attend_rows
 SOURCES = tuple(
     Path(__file__).parent / "csrc" / name
-    for name in ("linear_rows.cpp", "attend_rows.cpp", "quant_rows.cpp", "decode_layer.cpp")
+    for name in ("linear_rows.cpp", "attend_rows.cpp", "quant_rows.cpp", "decode_layers.cpp")
 )
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def _register_fake() -> None:
     ) -> torch.Tensor:
         return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
-    @torch.library.register_fake("llm_kernels::decode_layer")
+    @torch.library.register_fake("llm_kernels::decode_layers")
     def _(x: torch.Tensor, *args: object) -> torch.Tensor:
         return x.new_empty(x.shape)
 

@@ -227,8 +227,8 @@ class GGUFLinear(QuantLinear):
         return self._product(x, qweight=self.blocks)
 
     def native_weight(self) -> tuple[torch.Tensor, int] | None:
-        """``(blocks, format code)`` for llm-kernels' fused decode layer
-        (``torch.ops.llm_kernels.decode_layer``), which multiplies GGUF blocks with int8
+        """``(blocks, format code)`` for llm-kernels' fused decode step
+        (``torch.ops.llm_kernels.decode_layers``), which multiplies GGUF blocks with int8
         activations as this layer does; ``None`` where it would not compute what
         :meth:`forward` does (float activations, a bias)."""
         if self.activations != "int8" or self.bias is not None:

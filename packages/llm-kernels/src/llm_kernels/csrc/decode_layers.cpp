@@ -1,0 +1,469 @@
+// llm_kernels::decode_layers(x, attn_norms, mlp_norms, eps, qkv, qkv_formats, o, o_formats,
+//                            gate_up, gate_up_formats, down, down_formats, k_caches, v_caches,
+//                            slot, cos, sin, mask, n_head, n_kv_head, scale) -> x'
+//
+// One decode step through L Llama-style blocks (pre-norm RMSNorm, RoPE attention with grouped
+// query heads over a static KV cache, SwiGLU MLP, no biases) for B rows of one token each:
+//
+//   h = rms_norm(x) ; q, k, v = h Wq, h Wk, h Wv ; rotate q, k ; cache[slot] = k, v
+//   x = x + attend(q, cache[:slot + 1]) Wo ; h = rms_norm(x) ; x = x + (silu(h Wg) * h Wu) Wd
+//
+// in one call, so that a step pays the interpreter and dispatcher once instead of some thirty
+// times a layer. The products are the library's own kernels (linear_rows' for float32
+// row-major weights, format -1; quant_rows' with int8 activations for GGUF blocks, formats 0
+// Q8_0, 1 Q4_0, 2 Q4_1) and attention is attend_rows' under the caller's mask, so the
+// arithmetic is theirs; the norms, the rotation (half-split layout) and the SwiGLU are written
+// here in float32 as llm_kernels.reference writes them.
+//
+// Per layer l (lists hold the layers in order): attn_norms[l], mlp_norms[l]; qkv: [Wq, Wk, Wv]
+// or one fused [Wqkv] (rows q, then k, then v) per layer, the same count for every layer;
+// gate_up: [Wg, Wu] or one fused [Wgu] (gate rows, then up rows) per layer; o[l], down[l];
+// a format code for each weight. x: [B, 1, C] float32 (not modified); caches: [B, H_kv, S, D]
+// float32 contiguous, written at `slot`; cos, sin: [B, D/2]; mask: bool [B|1, 1, 1, slot + 1].
+//
+// Threads: the whole step is one parallel region of torch's intra-op threads, its phases
+// (per layer: the norm; q/k/v; per row and KV head RoPE, the cache write and attention; o; the
+// residual and norm; gate/up with SwiGLU, a run of rows at a time; down and the residual)
+// separated by a barrier, each phase's units taken by whichever thread is free. A step thus
+// forks the team once instead of once per product and attention (eight times a layer), and the
+// small serial work (quantizing activations, SwiGLU) is spread over the threads or done where
+// it is needed. Every output is computed by the same operations whatever thread takes it, so
+// the result does not depend on the thread count.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+// The library's kernels, for use inside this op's parallel region (linear_rows.cpp,
+// quant_rows.cpp, attend_rows.cpp).
+void llm_kernels_linear_columns(const float* w, int64_t in, const float* x, int64_t m, float* y,
+                                int64_t ld_y, int64_t begin, int64_t end);
+void llm_kernels_quantize_blocks(const float* x, int64_t m, int64_t k, int8_t* qx, float* dx,
+                                 float* sx);
+void llm_kernels_quant_columns(const uint8_t* q, int64_t row_bytes, int64_t format,
+                               const int8_t* qx, const float* dx, const float* sx, int64_t k,
+                               int64_t m, float* y, int64_t ld_y, int64_t begin, int64_t end);
+void llm_kernels_attend_check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& mask);
+void llm_kernels_attend_units(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& mask, double scale, float* y, int64_t begin,
+                              int64_t end);
+
+namespace {
+
+constexpr int64_t kFloat = -1;          // float32 row-major weights
+constexpr int64_t kQK = 32;             // values per block of the int8 activations
+constexpr int64_t kChunkBytes = 32768;  // weights per unit of work sharing
+constexpr const char* kOp = "decode_layers: ";
+
+// B rows of K activations: float, and quantized per block of 32 when a quantized matrix
+// multiplies them (llama.cpp's Q8_0 rounding, quant_rows' activations=1).
+struct Acts {
+  int64_t rows = 0, k = 0;
+  std::vector<float> x;
+  std::vector<int8_t> qx;
+  std::vector<float> dx, sx;
+
+  Acts(int64_t rows_, int64_t k_, bool quantized) : rows(rows_), k(k_), x(rows_ * k_) {
+    if (quantized) qx.resize(rows * k), dx.resize(rows * k / kQK), sx.resize(rows * k / kQK);
+  }
+  bool quantized() const { return !qx.empty(); }
+  // Quantize blocks [b0, b1) of row r from x.
+  void quantize(int64_t r, int64_t b0, int64_t b1) {
+    if (!quantized() || b1 <= b0) return;
+    const int64_t blocks = k / kQK;
+    llm_kernels_quantize_blocks(x.data() + r * k + b0 * kQK, 1, (b1 - b0) * kQK,
+                                qx.data() + r * k + b0 * kQK, dx.data() + r * blocks + b0,
+                                sx.data() + r * blocks + b0);
+  }
+  void quantize_all() {
+    for (int64_t r = 0; r < rows; ++r) quantize(r, 0, k / kQK);
+  }
+};
+
+// One weight matrix ([N, K]: float32 row-major, or GGUF blocks of `format`).
+struct Matrix {
+  const void* w = nullptr;
+  int64_t format = kFloat, n = 0, row_bytes = 0;
+};
+
+// y[r * ld + j] = (a_r . w_j) for output rows j in [begin, end) of m.
+void multiply(const Matrix& m, const Acts& a, float* y, int64_t ld, int64_t begin, int64_t end) {
+  if (m.format == kFloat) {
+    llm_kernels_linear_columns(static_cast<const float*>(m.w), a.k, a.x.data(), a.rows, y, ld,
+                               begin, end);
+  } else {
+    llm_kernels_quant_columns(static_cast<const uint8_t*>(m.w), m.row_bytes, m.format,
+                              a.qx.data(), a.dx.data(), a.sx.data(), a.k, a.rows, y, ld, begin,
+                              end);
+  }
+}
+
+Matrix matrix(const at::Tensor& w, int64_t format, int64_t k, const char* what) {
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.is_cpu(), kOp, what,
+              " must be a contiguous 2-D CPU tensor");
+  if (format == kFloat) {
+    TORCH_CHECK(w.scalar_type() == at::kFloat && w.size(1) == k, kOp, "float ", what,
+                " must be float32 with ", k, " inputs, got ", w.sizes());
+  } else {
+    static constexpr int64_t kBlockBytes[] = {34, 18, 20};
+    TORCH_CHECK(format >= 0 && format <= 2, kOp, "unknown weight format ", format);
+    TORCH_CHECK(k % kQK == 0, kOp, "a quantized ", what, " needs inputs in blocks of 32, got ", k);
+    TORCH_CHECK(w.scalar_type() == at::kByte && w.size(1) == k / kQK * kBlockBytes[format],
+                kOp, "a quantized ", what, "'s rows hold ", w.size(1), " bytes, expected ",
+                k / kQK * kBlockBytes[format]);
+  }
+  return {w.data_ptr(), format, w.size(0), w.size(1) * int64_t(w.element_size())};
+}
+
+// Rows of weights per unit of work, a multiple of `multiple`.
+int64_t chunk_rows(const Matrix& m, int64_t multiple, int64_t matrices = 1) {
+  const int64_t rows = kChunkBytes / std::max<int64_t>(1, m.row_bytes * matrices);
+  return std::max(multiple, rows / multiple * multiple);
+}
+
+// One unit of a product phase: rows [begin, end) of a matrix into y (row stride ld).
+struct Part {
+  const Matrix* m;
+  float* y;
+  int64_t ld, begin, end;
+};
+
+// The parts of a group of matrices whose outputs sit side by side in y (row stride ld).
+void add_parts(std::vector<Part>& parts, const std::vector<Matrix>& ms, float* y, int64_t ld) {
+  int64_t offset = 0;
+  for (const Matrix& m : ms) {
+    const int64_t step = chunk_rows(m, 4);
+    for (int64_t r = 0; r < m.n; r += step) parts.push_back({&m, y + offset, ld, r, std::min(m.n, r + step)});
+    offset += m.n;
+  }
+}
+
+// y = weight * x / sqrt(mean(x^2) + eps), row by row (RMSNorm in float32)
+void rms_norm(const float* x, const float* weight, double eps, int64_t rows, int64_t c, float* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * c;
+    float ss = 0.f;
+    for (int64_t i = 0; i < c; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.f / std::sqrt(ss / float(c) + float(eps));
+    for (int64_t i = 0; i < c; ++i) y[r * c + i] = weight[i] * (xr[i] * inv);
+  }
+}
+
+// Rotate `heads` heads of D values at p by cos, sin [D/2] (half-split layout).
+void rotate(float* p, int64_t heads, int64_t d, const float* cos, const float* sin) {
+  const int64_t half = d / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* x = p + h * d;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = x[i], b = x[i + half];
+      x[i] = a * cos[i] - b * sin[i];
+      x[i + half] = b * cos[i] + a * sin[i];
+    }
+  }
+}
+
+// The threads of the op's parallel region wait here for each other between phases. A thread
+// carrying several of the region's ids (a team smaller than asked for, or none: the region
+// run inline) arrives for all of them at once, so the barrier cannot wait for a thread that
+// does not exist. A waiting thread spins for a while (a phase's threads finish within
+// microseconds of each other), then sleeps on a futex (std::atomic::wait): on a busy host the
+// thread it waits for may be off its core for milliseconds, and a spinning thread would take
+// that core's time from it.
+class Barrier {
+ public:
+  explicit Barrier(int64_t parties) : parties_(parties) {}
+
+  void arrive(int64_t ids) {
+    const int32_t round = round_.load(std::memory_order_acquire);
+    if (count_.fetch_add(ids, std::memory_order_acq_rel) + ids == parties_) {
+      count_.store(0, std::memory_order_relaxed);
+      round_.store(round + 1, std::memory_order_seq_cst);
+      if (sleepers_.load(std::memory_order_seq_cst) > 0) round_.notify_all();
+      return;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t spins = 1;; ++spins) {
+      if (round_.load(std::memory_order_acquire) != round) return;
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+      if (spins % 64 == 0 && std::chrono::steady_clock::now() - start > kSpin) break;
+    }
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    while (round_.load(std::memory_order_seq_cst) == round) round_.wait(round);
+    sleepers_.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+ private:
+  static constexpr std::chrono::microseconds kSpin{50};
+  alignas(64) std::atomic<int64_t> count_{0};
+  alignas(64) std::atomic<int32_t> round_{0};
+  alignas(64) std::atomic<int32_t> sleepers_{0};
+  int64_t parties_;
+};
+
+// Units [0, n) of a phase, taken by whichever thread is free.
+struct alignas(64) Counter {
+  std::atomic<int64_t> next{0};
+  template <typename F>
+  void run(int64_t n, F&& f) {
+    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) f(i);
+  }
+};
+
+// One layer's weights, cache and working buffers (all allocated before the parallel region:
+// nothing in it allocates tensors or throws).
+struct Layer {
+  const float* attn_norm = nullptr;
+  const float* mlp_norm = nullptr;
+  std::vector<Matrix> qkv, o, gate_up, down;  // the parts below point into these
+  std::vector<Part> qkv_parts, o_parts, down_parts;
+  int64_t f = 0, gu_step = 0, gu_units = 0;
+  at::Tensor keys, values;  // the cache's first slot + 1 positions
+  float* kc = nullptr;
+  float* vc = nullptr;
+  std::vector<float> qkv_out, attn, gu, mlp;
+  Acts h, y, h2, act;
+
+  Layer(int64_t B, int64_t C, int64_t qd, int64_t f_, bool qkv_q, bool o_q, bool gu_q, bool down_q)
+      : f(f_), h(B, C, qkv_q), y(B, qd, o_q), h2(B, C, gu_q), act(B, f_, down_q) {}
+};
+
+at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::TensorList mlp_norms,
+                         double eps, at::TensorList qkv, at::IntArrayRef qkv_formats,
+                         at::TensorList o, at::IntArrayRef o_formats, at::TensorList gate_up,
+                         at::IntArrayRef gate_up_formats, at::TensorList down,
+                         at::IntArrayRef down_formats, at::TensorList k_caches,
+                         at::TensorList v_caches, int64_t slot, const at::Tensor& cos,
+                         const at::Tensor& sin, const at::Tensor& mask, int64_t n_head,
+                         int64_t n_kv_head, double scale) {
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == 1 && x.scalar_type() == at::kFloat && x.is_cpu(),
+              kOp, "x must be float32 [B, 1, C] on CPU, got ", x.sizes());
+  const int64_t B = x.size(0), C = x.size(2);
+  const int64_t L = int64_t(attn_norms.size());
+  TORCH_CHECK(L > 0 && int64_t(mlp_norms.size()) == L && int64_t(o.size()) == L &&
+                  int64_t(down.size()) == L && int64_t(k_caches.size()) == L &&
+                  int64_t(v_caches.size()) == L && int64_t(o_formats.size()) == L &&
+                  int64_t(down_formats.size()) == L,
+              kOp, "every per-layer list needs one entry per layer (", L, " norms)");
+  TORCH_CHECK(qkv.size() == qkv_formats.size() && gate_up.size() == gate_up_formats.size(), kOp,
+              qkv.size(), " + ", gate_up.size(), " weights but ", qkv_formats.size(), " + ",
+              gate_up_formats.size(), " formats");
+  const int64_t per_qkv = int64_t(qkv.size()) / L, per_gu = int64_t(gate_up.size()) / L;
+  TORCH_CHECK((per_qkv == 1 || per_qkv == 3) && per_qkv * L == int64_t(qkv.size()), kOp,
+              "qkv needs 1 or 3 weights per layer, got ", qkv.size(), " for ", L, " layers");
+  TORCH_CHECK((per_gu == 1 || per_gu == 2) && per_gu * L == int64_t(gate_up.size()), kOp,
+              "gate_up needs 1 or 2 weights per layer, got ", gate_up.size(), " for ", L, " layers");
+  TORCH_CHECK(n_kv_head > 0 && n_head > 0 && n_head % n_kv_head == 0, kOp, n_head,
+              " heads do not share ", n_kv_head, " KV heads evenly");
+  const at::Tensor& k0 = k_caches[0];
+  TORCH_CHECK(k0.dim() == 4, kOp, "caches must be contiguous float32 [B, H_kv, S, D]");
+  const int64_t S = k0.size(2), D = k0.size(3);
+  TORCH_CHECK(slot >= 0 && slot < S, kOp, "slot ", slot, " outside a cache of ", S);
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.numel() == B * D / 2 &&
+                  sin.numel() == B * D / 2 && cos.scalar_type() == at::kFloat &&
+                  sin.scalar_type() == at::kFloat,
+              kOp, "cos and sin must be float32 [B, D/2]");
+  const int64_t H = n_head, Hkv = n_kv_head, G = H / Hkv;
+  const int64_t qd = H * D, kvd = Hkv * D, qkv_ld = qd + 2 * kvd;
+  const auto any_quantized = [](const std::vector<Matrix>& ms) {
+    return std::any_of(ms.begin(), ms.end(), [](const Matrix& m) { return m.format != kFloat; });
+  };
+  at::Tensor q = at::empty({B, H, 1, D}, x.options());
+
+  std::vector<std::unique_ptr<Layer>> layers;
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor& kc = k_caches[l];
+    const at::Tensor& vc = v_caches[l];
+    TORCH_CHECK(kc.dim() == 4 && kc.sizes() == vc.sizes() && kc.is_contiguous() &&
+                    vc.is_contiguous() && kc.scalar_type() == at::kFloat &&
+                    vc.scalar_type() == at::kFloat && kc.size(2) == S && kc.size(3) == D,
+                kOp, "caches must be contiguous float32 [B, H_kv, S, D] alike in every layer");
+    TORCH_CHECK(kc.size(0) == B && kc.size(1) == Hkv && D % 2 == 0, kOp, "cache ", kc.sizes(),
+                " does not fit ", B, " rows of ", Hkv, " KV heads");
+    const at::Tensor& an = attn_norms[l];
+    const at::Tensor& mn = mlp_norms[l];
+    TORCH_CHECK(an.numel() == C && mn.numel() == C && an.scalar_type() == at::kFloat &&
+                    mn.scalar_type() == at::kFloat && an.is_contiguous() && mn.is_contiguous(),
+                kOp, "norm weights must be float32 [C]");
+    std::vector<Matrix> qkv_m, gu_m;
+    for (int64_t i = 0; i < per_qkv; ++i)
+      qkv_m.push_back(matrix(qkv[l * per_qkv + i], qkv_formats[l * per_qkv + i], C, "qkv weight"));
+    if (per_qkv == 1) {
+      TORCH_CHECK(qkv_m[0].n == qkv_ld, kOp, "fused qkv has ", qkv_m[0].n, " outputs, expected ",
+                  qkv_ld);
+    } else {
+      const int64_t widths[] = {qd, kvd, kvd};
+      for (int i = 0; i < 3; ++i)
+        TORCH_CHECK(qkv_m[i].n == widths[i], kOp, "qkv part ", i, " has ", qkv_m[i].n,
+                    " outputs, expected ", widths[i]);
+    }
+    const Matrix o_m = matrix(o[l], o_formats[l], qd, "o");
+    TORCH_CHECK(o_m.n == C, kOp, "o has ", o_m.n, " outputs, expected ", C);
+    for (int64_t i = 0; i < per_gu; ++i)
+      gu_m.push_back(matrix(gate_up[l * per_gu + i], gate_up_formats[l * per_gu + i], C,
+                            "gate_up weight"));
+    const int64_t f = per_gu == 1 ? gu_m[0].n / 2 : gu_m[0].n;
+    TORCH_CHECK(f > 0 && (per_gu == 1 ? gu_m[0].n == 2 * f : gu_m[1].n == f), kOp,
+                "gate and up have different widths");
+    const Matrix down_m = matrix(down[l], down_formats[l], f, "down");
+    TORCH_CHECK(down_m.n == C, kOp, "down has ", down_m.n, " outputs, expected ", C);
+
+    auto layer = std::make_unique<Layer>(B, C, qd, f, any_quantized(qkv_m), o_m.format != kFloat,
+                                         any_quantized(gu_m), down_m.format != kFloat);
+    Layer& ly = *layer;
+    ly.attn_norm = an.data_ptr<float>();
+    ly.mlp_norm = mn.data_ptr<float>();
+    ly.qkv = std::move(qkv_m);
+    ly.o = {o_m};
+    ly.gate_up = std::move(gu_m);
+    ly.down = {down_m};
+    ly.keys = kc.narrow(2, 0, slot + 1);
+    ly.values = vc.narrow(2, 0, slot + 1);
+    llm_kernels_attend_check(q, ly.keys, ly.values, mask);
+    ly.kc = kc.data_ptr<float>();
+    ly.vc = vc.data_ptr<float>();
+    ly.qkv_out.resize(B * qkv_ld);
+    ly.attn.resize(B * C);
+    ly.gu.resize(B * 2 * f);
+    ly.mlp.resize(B * C);
+    add_parts(ly.qkv_parts, ly.qkv, ly.qkv_out.data(), qkv_ld);
+    add_parts(ly.o_parts, ly.o, ly.attn.data(), C);
+    add_parts(ly.down_parts, ly.down, ly.mlp.data(), C);
+    // gate and up together, in runs of whole blocks of 32 of the activation
+    ly.gu_step = std::min(f, chunk_rows(ly.gate_up[0], kQK, 2));
+    ly.gu_units = (f + ly.gu_step - 1) / ly.gu_step;
+    layers.push_back(std::move(layer));
+  }
+  // a unit of attention can quantize its own heads' outputs when they are whole blocks
+  const bool y_by_unit = (G * D) % kQK == 0;
+
+  at::Tensor out = x.reshape({B, 1, C}).clone(at::MemoryFormat::Contiguous);  // the residual stream
+  float* cur = out.data_ptr<float>();
+  float* qp = q.data_ptr<float>();
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+
+  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), 64));
+  Barrier barrier(T);
+  constexpr int kPhases = 5;
+  std::unique_ptr<Counter[]> counters(new Counter[kPhases * L]);
+
+  const auto body = [&](int64_t id_begin, int64_t id_end) {
+    const int64_t ids = id_end - id_begin;
+    const bool first = id_begin == 0;
+    for (int64_t l = 0; l < L; ++l) {
+      Layer& ly = *layers[l];
+      Counter* counter = counters.get() + kPhases * l;
+      // the attention's norm
+      if (first) {
+        rms_norm(cur, ly.attn_norm, eps, B, C, ly.h.x.data());
+        ly.h.quantize_all();
+      }
+      barrier.arrive(ids);
+      // q, k, v
+      counter[0].run(ly.qkv_parts.size(), [&](int64_t i) {
+        const Part& p = ly.qkv_parts[i];
+        multiply(*p.m, ly.h, p.y, p.ld, p.begin, p.end);
+      });
+      barrier.arrive(ids);
+      // per (row, KV head): RoPE, the cache write, attention over the cache
+      counter[1].run(B * Hkv, [&](int64_t u) {
+        const int64_t b = u / Hkv, hk = u % Hkv;
+        const float* row = ly.qkv_out.data() + b * qkv_ld;
+        const float* cb = cp + b * D / 2;
+        const float* sb = sp + b * D / 2;
+        float* qb = qp + (b * H + hk * G) * D;
+        std::copy(row + hk * G * D, row + (hk + 1) * G * D, qb);
+        rotate(qb, G, D, cb, sb);
+        float* kdst = ly.kc + ((b * Hkv + hk) * S + slot) * D;
+        float* vdst = ly.vc + ((b * Hkv + hk) * S + slot) * D;
+        std::copy(row + qd + hk * D, row + qd + (hk + 1) * D, kdst);
+        std::copy(row + qd + kvd + hk * D, row + qd + kvd + (hk + 1) * D, vdst);
+        rotate(kdst, 1, D, cb, sb);
+        llm_kernels_attend_units(q, ly.keys, ly.values, mask, scale, ly.y.x.data(), u, u + 1);
+        if (y_by_unit) ly.y.quantize(b, hk * G * D / kQK, (hk + 1) * G * D / kQK);
+      });
+      barrier.arrive(ids);
+      if (!y_by_unit && ly.y.quantized()) {
+        if (first) ly.y.quantize_all();
+        barrier.arrive(ids);
+      }
+      // o
+      counter[2].run(ly.o_parts.size(), [&](int64_t i) {
+        const Part& p = ly.o_parts[i];
+        multiply(*p.m, ly.y, p.y, p.ld, p.begin, p.end);
+      });
+      barrier.arrive(ids);
+      // the residual, the MLP's norm
+      if (first) {
+        for (int64_t i = 0; i < B * C; ++i) cur[i] += ly.attn[i];
+        rms_norm(cur, ly.mlp_norm, eps, B, C, ly.h2.x.data());
+        ly.h2.quantize_all();
+      }
+      barrier.arrive(ids);
+      // gate and up, SwiGLU, the activation's quantization, a run of rows at a time
+      const int64_t f = ly.f;
+      counter[3].run(ly.gu_units, [&](int64_t i) {
+        const int64_t a = i * ly.gu_step, e = std::min(f, a + ly.gu_step);
+        float* gu = ly.gu.data();
+        if (ly.gate_up.size() == 1) {
+          multiply(ly.gate_up[0], ly.h2, gu, 2 * f, a, e);
+          multiply(ly.gate_up[0], ly.h2, gu, 2 * f, f + a, f + e);
+        } else {
+          multiply(ly.gate_up[0], ly.h2, gu, 2 * f, a, e);
+          multiply(ly.gate_up[1], ly.h2, gu + f, 2 * f, a, e);
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          const float* gs = gu + b * 2 * f;
+          const float* us = gs + f;
+          float* ab = ly.act.x.data() + b * f;
+          for (int64_t j = a; j < e; ++j) {
+            const float gv = gs[j];
+            ab[j] = gv / (1.f + std::exp(-gv)) * us[j];
+          }
+          ly.act.quantize(b, a / kQK, e / kQK);  // a quantized down has f % 32 == 0
+        }
+      });
+      barrier.arrive(ids);
+      // down and the residual
+      counter[4].run(ly.down_parts.size(), [&](int64_t i) {
+        const Part& p = ly.down_parts[i];
+        multiply(*p.m, ly.act, p.y, p.ld, p.begin, p.end);
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t j = p.begin; j < p.end; ++j) cur[b * C + j] += ly.mlp[b * C + j];
+      });
+      if (l + 1 < L) barrier.arrive(ids);
+    }
+  };
+  if (T == 1) {
+    body(0, 1);
+  } else {
+    at::parallel_for(0, T, 1, body);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
+  lib.def(
+      "decode_layers(Tensor x, Tensor[] attn_norms, Tensor[] mlp_norms, float eps, Tensor[] qkv, "
+      "int[] qkv_formats, Tensor[] o, int[] o_formats, Tensor[] gate_up, int[] gate_up_formats, "
+      "Tensor[] down, int[] down_formats, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, int slot, "
+      "Tensor cos, Tensor sin, Tensor mask, int n_head, int n_kv_head, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("decode_layers", &decode_layers); }
