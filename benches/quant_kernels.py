@@ -5,7 +5,7 @@ torch baselines to beat.
 
 For the llama-125m shape's products (768 -> 768, 768 -> 2048, 2048 -> 768, 768 -> 32000) in
 each layout (GGUF Q8_0 / Q4_0 / Q4_1, the project's int8 and q4 group 64), it times the native
-kernel with int8 activations and with float activations, torch's packed ops on the same values
+kernel with int8, int16 and float activations, torch's packed ops on the same values
 (``_weight_int8pack_mm`` for int8, ``_weight_int4pack_mm_for_cpu`` for Q4_0's values as group
 32 with zero 0) and the float32 product (``llm_kernels.linear``). The variants run round-robin
 (``--rounds`` rounds; a busy machine slows all of them alike), and each round's time is the
@@ -63,7 +63,7 @@ def variants(n: int, k: int) -> dict[str, tuple[str, int, object]]:
     out: dict[str, tuple[str, int, object]] = {}
     for kind in ("q8_0", "q4_0", "q4_1"):
         blocks = gguf_blocks(w, kind)
-        for mode in ("int8", "float"):
+        for mode in ("int8", "int16", "float"):
             out[f"{kind} native {mode}-act"] = (
                 kind,
                 blocks.numel(),
@@ -71,7 +71,7 @@ def variants(n: int, k: int) -> dict[str, tuple[str, int, object]]:
             )
     scales = w.abs().amax(1) / 127
     q8 = torch.round(w / scales[:, None]).to(torch.int8)
-    for mode in ("int8", "float"):
+    for mode in ("int8", "int16", "float"):
         out[f"int8 native {mode}-act"] = (
             "int8",
             q8.numel() + 4 * n,
@@ -100,7 +100,7 @@ def variants(n: int, k: int) -> dict[str, tuple[str, int, object]]:
     qg = ((wg - lo) / s + 0.5).floor().clamp(0, 15).to(torch.uint8)
     q4 = (qg[..., : g // 2] | (qg[..., g // 2 :] << 4)).reshape(n, k // 2)
     s16, m16 = s.squeeze(-1).half(), lo.squeeze(-1).half()
-    for mode in ("int8", "float"):
+    for mode in ("int8", "int16", "float"):
         out[f"q4 g64 native {mode}-act"] = (
             "q4",
             q4.numel() + 4 * s16.numel(),
@@ -137,7 +137,7 @@ def errors(n: int, k: int) -> dict[str, dict[str, float]]:
             .max()
             .item()
             / scale
-            for mode in ("int8", "float")
+            for mode in ("int8", "int16", "float")
         }
     return result
 
@@ -182,7 +182,10 @@ def main() -> None:
                 )
     print("\nerror against the dequantized product (max, relative to the terms' scale):")
     for kind, e in record["errors"].items():
-        print(f"  {kind}: int8 activations {e['int8']:.2e}, float activations {e['float']:.2e}")
+        print(
+            f"  {kind}: int8 activations {e['int8']:.2e}, int16 {e['int16']:.2e}, "
+            f"float {e['float']:.2e}"
+        )
     out = ROOT / ".bench" / "quant_kernels.jsonl"
     out.parent.mkdir(exist_ok=True)
     with out.open("a") as f:

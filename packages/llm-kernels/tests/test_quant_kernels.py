@@ -88,6 +88,26 @@ def quantized_activations(x: torch.Tensor, per_row: bool = False) -> torch.Tenso
     return (q * d.double()).reshape(x.shape)
 
 
+def int16_activations(x: torch.Tensor) -> torch.Tensor:
+    """What the kernel's int16 mode multiplies by: ``x`` rounded per block of 32 to
+    ``dx * round(x / dx)``, ``dx = amax / 32767`` (float32), ``x / dx`` divided in float32,
+    ties away from zero, clamped to +-32767."""
+    xb = x.reshape(*x.shape[:-1], -1, 32)  # (..., K/32, 32)
+    d = xb.abs().amax(-1, keepdim=True) / 32767  # (..., K/32, 1)
+    xs = torch.where(d != 0, xb / d, torch.zeros_like(xb)).double()
+    q = (torch.sign(xs) * torch.floor(xs.abs() + 0.5)).clamp(-32767, 32767)
+    return (q * d.double()).reshape(x.shape)
+
+
+def int16_bound(x: torch.Tensor, wd: torch.Tensor) -> torch.Tensor:
+    """The most int16 activations can move each output: every value rounds by at most half a
+    step, ``dx / 2 = amax / 65534`` of its block, so ``|y - x @ W.T|`` is at most
+    ``sum_j amax(block of j) / 65534 * |W[:, j]|``; ``(rows, N)`` in float64."""
+    xb = x.double().reshape(*x.shape[:-1], -1, 32)
+    half_step = (xb.abs().amax(-1, keepdim=True) / 65534).expand(xb.shape).reshape(x.shape)
+    return half_step @ wd.abs().T
+
+
 def worst(got: torch.Tensor, want: torch.Tensor, scale: torch.Tensor) -> str:
     err = ((got.double() - want) / scale).abs()
     i = int(err.argmax())
@@ -97,32 +117,42 @@ def worst(got: torch.Tensor, want: torch.Tensor, scale: torch.Tensor) -> str:
 @needs_native
 @pytest.mark.parametrize(("format", "group", "with_mins"), LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("activations", ["float", "int8", "int8-token"])
+@pytest.mark.parametrize("activations", ["float", "int8", "int8-token", "int16"])
 def test_quant_rows_matches_the_dequantized_reference(format, group, with_mins, shape, activations):
+    """Against the dequantized weight times the activations the kernel multiplies by (1 to 16
+    rows, and 37: a prompt in three passes, int8 switched to float there); int16 also against
+    the exact product, within the rounding of its activations."""
     n, k = shape
     if k % group:
         pytest.skip(f"K={k} is not a multiple of group {group}")
     w = random_weight(format, n, k, group, with_mins, seed=n * k)
     wd = dequantized(format, w).double()  # (N, K)
     bias = torch.randn(n)
-    for rows in (1, 2, 5, 16):
+    for rows in (1, 2, 5, 16, 37):
         x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
         got = quant.quant_linear(x, format=format, bias=bias, activations=activations, **w)
-        if activations == "float":
+        if activations == "float" or (activations == "int8" and rows > native.MAX_ROWS):
             xr = x.double()
+        elif activations == "int16":
+            xr = int16_activations(x)
         else:
             xr = quantized_activations(x, per_row=activations == "int8-token")
         want = xr @ wd.T + bias.double()  # (rows, N)
         scale = x.double().abs() @ wd.abs().T + 1  # (rows, N): the size of each sum's terms
         err = ((got.double() - want) / scale).abs().max().item()
         assert got.shape == (rows, n) and err < 2e-6, f"{rows} rows: {worst(got, want, scale)}"
+        if activations == "int16":
+            exact = x.double() @ wd.T + bias.double()
+            over = (got.double() - exact).abs() - int16_bound(x, wd) - 2e-6 * scale
+            assert over.max().item() <= 0, f"{rows} rows: {worst(got, exact, scale)}"
 
 
 @needs_native
 @pytest.mark.parametrize(("format", "group", "with_mins"), [LAYOUTS[0], LAYOUTS[2], LAYOUTS[5]])
 def test_int8_activations_error_against_the_float_product(format, group, with_mins):
     """The error that quantizing activations adds: under 1% of the terms' scale per block of
-    32 (about 0.07% at most here), more per token; float activations: 1e-6."""
+    32 (about 0.07% at most here), more per token; int16 per block 258 times finer (127 /
+    32767 of int8's steps); float activations: 1e-6."""
     n, k = 64, 1024
     w = random_weight(format, n, k, group, with_mins, seed=1)
     wd = dequantized(format, w).double()
@@ -130,15 +160,58 @@ def test_int8_activations_error_against_the_float_product(format, group, with_mi
     want = x.double() @ wd.T
     scale = (x.double().abs() @ wd.abs().T).mean()
     errors = {}
-    for mode in ("float", "int8", "int8-token"):
+    for mode in ("float", "int8", "int8-token", "int16"):
         got = quant.quant_linear(x, format=format, activations=mode, **w)
         errors[mode] = ((got.double() - want).abs().max() / scale).item()
     assert errors["float"] < 1e-6 and errors["int8"] < 1e-2 and errors["int8-token"] < 3e-2, errors
+    assert errors["int16"] < 1e-2 / 258, errors
     assert errors["int8"] < errors["int8-token"], errors
 
 
 @needs_native
-@pytest.mark.parametrize(("format", "group", "with_mins"), [LAYOUTS[0], LAYOUTS[2], LAYOUTS[6]])
+@pytest.mark.parametrize(("format", "group", "with_mins"), LAYOUTS)
+def test_int16_activations_are_closer_to_the_exact_product_than_int8(format, group, with_mins):
+    """Random weights and activations (outliers included): int16's worst error against the
+    float64 product is under a 100th of int8's in every row (their steps differ 258-fold;
+    140 to 420 times here)."""
+    n, k = 96, 512
+    w = random_weight(format, n, k, group, with_mins, seed=11)
+    wd = dequantized(format, w).double()
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(6, k, generator=g) * torch.rand(6, k, generator=g).pow(4) * 10
+    want = x.double() @ wd.T
+    errors = {}
+    for mode in ("int8", "int16"):
+        got = quant.quant_linear(x, format=format, activations=mode, **w)
+        errors[mode] = (got.double() - want).abs().amax(-1)  # (rows,)
+    assert (errors["int16"] * 100 < errors["int8"]).all(), errors
+
+
+@needs_native
+def test_int16_activations_of_zero_tiny_and_huge_blocks():
+    """A row of values so small that 1 / dx would overflow and dx is subnormal (x / dx past
+    32767: clamped), with a block of zeros; subnormal values and values near float32's
+    largest in another: the reference's rounding, nothing infinite. The tiny row's scaling
+    (d dx, subnormal) keeps only a few bits."""
+    w = random_weight("q4_0", 8, 160, 32, False, seed=13)
+    wd = dequantized("q4_0", w).double()
+    x = torch.randn(3, 160, generator=torch.Generator().manual_seed(14))
+    x[0] *= 1e-37
+    x[0, :32] = 0
+    x[1, :32] *= 1e-41
+    x[1, 64:96] *= 1e36
+    got = quant.quant_linear(x, format="q4_0", activations="int16", **w)
+    want = int16_activations(x) @ wd.T
+    scale = x.double().abs() @ wd.abs().T
+    assert torch.isfinite(got).all()
+    err = ((got.double() - want) / scale).abs().amax(-1)  # (3,)
+    assert err[0] < 1e-2 and err[1:].max() < 2e-6, err
+
+
+@needs_native
+@pytest.mark.parametrize(
+    ("format", "group", "with_mins"), [LAYOUTS[0], LAYOUTS[1], LAYOUTS[2], LAYOUTS[6]]
+)
 @pytest.mark.parametrize("rows", [1, 3])
 def test_quant_rows_is_the_same_on_any_number_of_threads(format, group, with_mins, rows):
     n, k = 2003, 384  # about 0.4-0.8 MB: shared between threads, the last chunk partial
@@ -149,7 +222,7 @@ def test_quant_rows_is_the_same_on_any_number_of_threads(format, group, with_min
         results = {}
         for threads in (1, 2, 4):
             torch.set_num_threads(threads)
-            for mode in ("float", "int8", "int8-token"):
+            for mode in ("float", "int8", "int8-token", "int16"):
                 results[threads, mode] = quant.quant_linear(x, format=format, activations=mode, **w)
     finally:
         torch.set_num_threads(before)
@@ -190,6 +263,15 @@ def test_quant_linear_rejects_bad_inputs():
     with pytest.raises(ValueError, match=r"scales must be float16 \[4, 2\]"):
         quant.quant_linear(
             torch.randn(1, 128), q4["qweight"], "q4", scales=q4["scales"].float(), group_size=64
+        )
+
+
+@needs_native
+def test_quant_rows_rejects_an_unknown_activations_code():
+    w = random_weight("q4_0", 4, 64, 32, False, seed=15)
+    with pytest.raises(RuntimeError, match="activations must be 0, 1, 2 or 3, got 4"):
+        torch.ops.llm_kernels.quant_rows.default(
+            torch.randn(1, 64), w["qweight"], None, None, 1, 32, None, 4
         )
 
 

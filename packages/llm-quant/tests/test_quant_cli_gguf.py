@@ -6,7 +6,9 @@ import json
 import sys
 
 import gguf
-from llm_quant.cli import main
+import pytest
+from llm_quant.cli import build_parser, main
+from llm_quant.gguf import HEAD_ACTIVATIONS
 
 T = gguf.GGMLQuantizationType
 
@@ -51,3 +53,14 @@ def test_errors_are_one_line(tmp_path, capsys, tiny_gguf, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if not installed
     assert main(["validate", str(path)]) == 1
     assert "install llama-cpp-python" in capsys.readouterr().err
+
+
+def test_validate_head_activations_option(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["validate", "m.gguf"]).head_activations == HEAD_ACTIVATIONS
+    for choice in ("float", "int16", "int8"):
+        args = parser.parse_args(["validate", "m.gguf", "--head-activations", choice])
+        assert args.head_activations == choice
+    with pytest.raises(SystemExit):
+        parser.parse_args(["validate", "m.gguf", "--head-activations", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err

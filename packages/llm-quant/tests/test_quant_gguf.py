@@ -6,7 +6,14 @@ import gguf
 import pytest
 import torch
 from llm_quant import GGUFEmbedding, GGUFLinear
-from llm_quant.gguf import GGUFError, GGUFFile, gguf_config, load_gguf_model, unpermute_qk
+from llm_quant.gguf import (
+    HEAD_ACTIVATIONS,
+    GGUFError,
+    GGUFFile,
+    gguf_config,
+    load_gguf_model,
+    unpermute_qk,
+)
 
 T = gguf.GGMLQuantizationType
 TYPES = [T.F32, T.F16, T.Q8_0, T.Q4_0, T.Q4_1]
@@ -63,6 +70,44 @@ def test_quantized_load_keeps_the_blocks_and_matches_hf(arch, tie, qtype, tiny_g
     torch.testing.assert_close(exact, expected, atol=1e-4, rtol=0)
     rel = ((int8 - expected).norm() / expected.norm()).item()
     assert rel < 0.05, rel
+
+
+# The most each head arithmetic's rounding of activations moves an output, per unit of
+# sum_j amax(block of j) |W[:, j]|: half a step, amax / 127 / 2 (int8) or amax / 32767 / 2.
+HALF_STEP = {"float": 0.0, "int16": 1 / 65534, "int8": 1 / 254}
+
+
+@pytest.mark.parametrize("head", ["float", "int16", "int8"])
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0, T.Q4_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "output"])
+def test_head_activations_choose_the_lm_heads_arithmetic(head, qtype, tie, tiny_gguf):
+    """``head_activations``: the LM head's (tied or output.weight) arithmetic, the other
+    layers int8; its products against its dequantized weight in float64, within the
+    rounding of its activations (none for float) and float32's."""
+    _, path = tiny_gguf("llama", qtype, tie=tie)
+    ours, _ = load_gguf_model(path, head_activations=head)
+    lm_head = ours.lm_head
+    assert isinstance(lm_head, GGUFLinear) and lm_head.activations == head
+    others = [m for m in ours.modules() if isinstance(m, GGUFLinear) and m is not lm_head]
+    assert others and all(m.activations == "int8" for m in others)
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(3))
+    w = lm_head.dequantize().double()  # (V, 64)
+    with torch.no_grad():
+        got = lm_head(x).double()
+    amax = x.double().reshape(5, 2, 32).abs().amax(-1, keepdim=True).expand(5, 2, 32)
+    bound = (amax.reshape(5, 64) * HALF_STEP[head] + 1e-6 * x.double().abs()) @ w.abs().T
+    over = ((got - x.double() @ w.T).abs() - bound).max().item()
+    assert over <= 0, over
+
+
+def test_head_activations_default_and_errors(tiny_gguf):
+    _, path = tiny_gguf("qwen2", T.Q8_0, tie=True)
+    ours, _ = load_gguf_model(path)
+    assert ours.lm_head.activations == HEAD_ACTIVATIONS
+    with pytest.raises(
+        ValueError, match="head_activations must be 'float', 'int16' or 'int8', got 'int4'"
+    ):
+        load_gguf_model(path, head_activations="int4")
 
 
 def test_config_from_metadata(tiny_gguf):

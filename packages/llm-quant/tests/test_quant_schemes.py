@@ -218,3 +218,24 @@ def test_gguf_linear_keeps_the_blocks_and_multiplies_by_their_values(format):
     torch.testing.assert_close(layer(x), want, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="blocks for 64 inputs"):
         GGUFLinear.from_blocks(blocks, format, 64)
+
+
+@pytest.mark.parametrize("format", ["q8_0", "q4_0", "q4_1"])
+def test_gguf_linear_with_int16_activations(format):
+    """int16 activations: the product within half an int16 step of each block's amax (and
+    float32 rounding) of the dequantized one; an unknown mode is refused."""
+    torch.manual_seed(1)
+    n, k, size = 40, 128, reference.BLOCK_BYTES[format]
+    blocks = torch.randint(0, 256, (n, k // 32, size), dtype=torch.uint8)
+    blocks[..., :2] = torch.full((n, k // 32, 1), 0.01).half().view(torch.uint8)
+    if format == "q4_1":
+        blocks[..., 2:4] = torch.full((n, k // 32, 1), -0.05).half().view(torch.uint8)
+    layer = GGUFLinear.from_blocks(blocks.reshape(n, -1), format, k, activations="int16")
+    assert "activations=int16" in repr(layer)
+    x = torch.randn(3, k)
+    w = layer.dequantize().double()
+    amax = x.double().reshape(3, -1, 32).abs().amax(-1, keepdim=True).expand(3, k // 32, 32)
+    bound = (amax.reshape(3, k) / 65534 + 1e-6 * x.double().abs()) @ w.abs().T
+    assert ((layer(x).double() - x.double() @ w.T).abs() <= bound).all()
+    with pytest.raises(ValueError, match="'float', 'int8', 'dynamic' or 'int16', got 'int4'"):
+        GGUFLinear(k, n, format, activations="int4")

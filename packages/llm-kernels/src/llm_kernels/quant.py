@@ -5,20 +5,26 @@ are described in :mod:`llm_kernels.reference`, whose dequantizers are the ground
 :func:`quant_linear` runs float32 on CPU through the native kernel
 ``torch.ops.llm_kernels.quant_rows``: up to :data:`~llm_kernels.native.MAX_ROWS` rows (decode)
 in the arithmetic asked for, and prompts of up to :data:`PROMPT_ROWS` rows with float
-activations (``"int8-token"`` keeps its rounding); longer prompts, other devices and dtypes,
-and machines without the native kernels dequantize the weight and run ``F.linear``. Where Triton runs (CUDA tensors, or CPU ones under
+activations (``"int8-token"`` and ``"int16"`` keep theirs); longer prompts, other devices and
+dtypes, and machines without the native kernels dequantize the weight and run ``F.linear``. Where Triton runs (CUDA tensors, or CPU ones under
 ``TRITON_INTERPRET=1``; see :mod:`llm_kernels.ops`) every shape goes to
 :func:`llm_kernels.triton.quant_linear` instead: W8A16 / W4A16 tiles dequantized in registers,
 and W8A8 (per-token int8 activations) for the int8 format when ``activations="int8"`` is asked
 for explicitly.
 
-The native kernel multiplies in one of two ways (``activations``):
+The native kernel multiplies in one of four ways (``activations``):
 
 - ``"int8"``: each row of ``x`` quantized per block of 32 values (llama.cpp's Q8_0 / Q8_1),
   int8 dot products (AVX-512 VNNI or AVX-VNNI ``vpdpbusd``, else AVX2 ``maddubs``). Its error
   against the dequantized product is that of the activations' rounding: about 0.3% of the
   product's scale (see the tests).
 - ``"int8-token"``: the same with one scale per row of ``x`` (dynamic per-token W8A8).
+- ``"int16"``: each row of ``x`` quantized per block of 32 to int16 (``dx = amax / 32767``),
+  the weights widened to int16, int16 dot products (AVX-512 VNNI or AVX-VNNI ``vpdpwssd``,
+  else AVX2 ``madd``): steps 258 times finer than int8's, errors about 250 times smaller
+  (3e-6 of the terms' scale against 7e-4 in ``benches/quant_kernels.py``), in 1.15-1.3x
+  int8's time on 4-bit blocks at one row, about half of ``"float"``'s (Q8_0, bound by
+  reading the weights: about int8's time).
 - ``"float"``: the weights widened to float32 in registers; the dequantized product up to
   float32 rounding (about 1e-6 relative).
 
@@ -37,13 +43,14 @@ from llm_kernels import native, reference
 from llm_kernels.ops import _needs_grad, _triton_runs, triton_ops
 
 Format = Literal["q8_0", "q4_0", "q4_1", "int8", "q4"]
-Activations = Literal["int8", "float", "int8-token"]
-_MODES = {"float": 0, "int8": 1, "int8-token": 2}  # the kernel's codes
+Activations = Literal["int8", "float", "int8-token", "int16"]
+_MODES = {"float": 0, "int8": 1, "int8-token": 2, "int16": 3}  # the kernel's codes
 
 # Past MAX_ROWS rows (a prompt), the native kernel multiplies with float activations (the
 # exact dequantized product), 16 rows a pass, up to PROMPT_ROWS rows; beyond, dequantizing
 # and BLAS are faster (SmolLM2's 1536 x 576 Q4_1 on one core: 0.76 ms against 1.36 ms at 32
-# rows, even at 128, slower at 512; docs/benchmarks.md).
+# rows, even at 128, slower at 512; docs/benchmarks.md). "int16" stays int16 there: within
+# about 3e-6 of that product and faster (the same matrix, 128 rows: 2.6 ms against 4.7 ms).
 PROMPT_ROWS = 128
 FORMATS: dict[str, int] = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "int8": 3, "q4": 4}  # kernel codes
 DEFAULT_ACTIVATIONS: dict[str, Activations] = {
@@ -99,9 +106,9 @@ def quant_linear(
     """``x @ W.T + bias`` with ``W`` (``[N, K]``) given quantized in ``format``.
 
     ``x``: ``[..., K]``; returns ``[..., N]`` in ``x.dtype``. ``activations`` picks the native
-    kernel's arithmetic (``"int8"``, ``"int8-token"`` or ``"float"``, see the module
-    docstring; default :data:`DEFAULT_ACTIVATIONS`); the torch fallback computes the same
-    rounding of activations for ``"int8-token"`` and none otherwise. Raises
+    kernel's arithmetic (``"int8"``, ``"int8-token"``, ``"int16"`` or ``"float"``, see the
+    module docstring; default :data:`DEFAULT_ACTIVATIONS`); the torch fallback computes the
+    same rounding of activations for ``"int8-token"`` and none otherwise. Raises
     ``ValueError`` on an unknown format or inconsistent shapes.
     """
     if format not in FORMATS:

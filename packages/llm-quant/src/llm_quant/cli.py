@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from llm_quant import __version__
-from llm_quant.gguf import GGUFError, GGUFFile, load_gguf_model
+from llm_quant.gguf import HEAD_ACTIVATIONS, HEAD_CHOICES, GGUFError, GGUFFile, load_gguf_model
 from llm_quant.quantize import quantizable_linears, quantize_model
 from llm_quant.report import QuantReport, report
 from llm_quant.schemes import Scheme
@@ -251,9 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--threads", type=int, default=None, help="llama.cpp's CPU threads")
     validate.add_argument(
         "--head-activations",
-        choices=("float", "int8"),
-        default="float",
-        help="our LM head's input: float (the default path) or int8 (llama.cpp's arithmetic)",
+        choices=HEAD_CHOICES,
+        default=HEAD_ACTIVATIONS,
+        help=f"our LM head's input: float (exact), int16 (within ~1e-5) or int8 (llama.cpp's "
+        f"arithmetic); default {HEAD_ACTIVATIONS}, as models load",
     )
     validate.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     validate.set_defaults(func=cmd_validate)

@@ -43,13 +43,21 @@ KEPT_TYPES = {  # GGUF types whose blocks linear layers multiply by as they are
     GGMLQuantizationType.Q4_1: "q4_1",
 }
 _KEPT_SUFFIXES = ("_proj.weight", "lm_head.weight", "embed_tokens.weight")
-# The LM head multiplies float activations by default: its argmax picks the token, and int8
-# activations (a per-block rounding error of about 0.5% of a logit) flip near-ties. SmolLM2's
-# first answer token to "What is the capital of France?" leads by 0.05 of 25 in float (the
-# answer transformers gives: Paris) and flips to a French ramble with int8 activations, which
-# is what llama.cpp answers on the same file. ``head_activations="int8"`` is llama.cpp's
-# arithmetic, token for token.
-HEAD_ACTIVATIONS = "float"
+# The LM head multiplies int16 activations by default: its argmax picks the token, and int8
+# activations (a per-block rounding error of about 0.3% of a logit's scale) flip near-ties.
+# SmolLM2's first answer token to "What is the capital of France?" ("The") leads "L" by 0.082
+# of 25.3 with float activations (the answer transformers gives: Paris); int8 activations
+# move the two logits by 0.01 and 0.12 and make "L" lead by 0.051: a French ramble, which
+# is what llama.cpp answers on the same file. Int16 activations (int16 per block of 32, steps 258
+# times finer) move them by about 1e-5 (lead 0.0822, Paris; the same 64 greedy tokens as
+# float on the SmolLM2 test prompts) at near int8's speed: a 4-bit head (32000 x 768 or
+# 49152 x 576, Q4_0 / Q4_1) in 1.15-1.3x int8's time and 0.45x float's; SmolLM2's own head,
+# 49152 x 576 Q8_0, is bound by reading its 30 MB: int8 and int16 alike, float 10% faster on
+# one core and 10% slower on two (docs/benchmarks.md, "LM head arithmetic").
+# ``head_activations="float"`` is the exact product, ``"int8"`` llama.cpp's arithmetic,
+# token for token.
+HEAD_ACTIVATIONS = "int16"
+HEAD_CHOICES = ("float", "int16", "int8")
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -549,15 +557,19 @@ def load_gguf_model(
     memory about the file's size), and a tied LM head multiplies by the embedding's blocks the
     same way. Everything else is dequantized one tensor at a time and moved into the model, so
     the file (mapped, not read into memory) and the float tensors are the only large
-    allocations. ``head_activations`` is how a quantized LM head takes its input: ``"float"``
-    (the default, the float reference's argmax) or ``"int8"`` (blocks of 32 quantized to int8,
-    as llama.cpp does: its greedy tokens, and a faster head). ``dtype`` (default float32)
+    allocations. ``head_activations`` is how a quantized LM head takes its input (default
+    :data:`HEAD_ACTIVATIONS`): ``"float"`` (the exact product), ``"int16"`` (blocks of 32
+    quantized to int16: within about 1e-5 of it, near int8's speed) or ``"int8"`` (blocks of
+    32 quantized to int8, as llama.cpp does: its greedy tokens, the fastest head). ``dtype``
+    (default float32)
     applies to the float tensors. Returns the model
     (in eval mode) and the open file, whose ``metadata`` holds the tokenizer. Raises
     :class:`GGUFError` naming the file and the problem.
     """
-    if head_activations not in ("float", "int8"):
-        raise ValueError(f"head_activations must be 'float' or 'int8', got {head_activations!r}")
+    if head_activations not in HEAD_CHOICES:
+        raise ValueError(
+            f"head_activations must be 'float', 'int16' or 'int8', got {head_activations!r}"
+        )
     gguf = GGUFFile(path)
     config = gguf.config()
     target = dtype or torch.float32

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from llm_quant.gguf import GGUFError, GGUFFile, load_gguf_model
+from llm_quant.gguf import HEAD_ACTIVATIONS, GGUFError, GGUFFile, load_gguf_model
 
 LONG_ARRAY = 8  # arrays longer than this are shown as their length and first few items
 DEFAULT_PROMPT = "The capital of France is"
@@ -86,14 +86,16 @@ def validate(
     *,
     max_tokens: int = 16,
     threads: int | None = None,
-    head_activations: str = "float",
+    head_activations: str = HEAD_ACTIVATIONS,
 ) -> Validation:
     """Compare our model with llama.cpp's on ``path``: next-token logits after ``prompt`` and
     ``max_tokens`` greedy tokens. The prompt is tokenized once, by llama.cpp, so both run the
     same ids; llama.cpp keeps an F32 KV cache and evaluates one token at a time (``n_batch=1``,
-    the setting its quantized kernels are stable with). ``head_activations="int8"`` gives our
-    LM head llama.cpp's arithmetic (see :func:`~llm_quant.gguf.load_gguf_model`). Raises :class:`GGUFError` for a file we cannot
-    load and ``ImportError`` (naming the package) when llama-cpp-python is not installed."""
+    the setting its quantized kernels are stable with). ``head_activations`` is our LM head's
+    arithmetic (default :data:`~llm_quant.gguf.HEAD_ACTIVATIONS`, as models load; ``"int8"``
+    is llama.cpp's; see :func:`~llm_quant.gguf.load_gguf_model`). Raises :class:`GGUFError`
+    for a file we cannot load and ``ImportError`` (naming the package) when
+    llama-cpp-python is not installed."""
     try:
         import llama_cpp
     except ImportError:

@@ -14,14 +14,18 @@ Quantized tensors are persistent buffers (``qweight``, ``scales``, ``mins``, ``b
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from llm_kernels import quant
 from llm_kernels.reference import BLOCK_BYTES, QK
 from torch import nn
 
-from llm_quant.schemes import ActivationMode
-
-_KERNEL_MODE = {"float": "float", "int8": "int8", "dynamic": "int8-token"}
+# A layer's activations: a scheme's (llm_quant.schemes.ActivationMode), or "int16" (int16 per
+# block of 32: about 1e-5 of a product, see llm_kernels.quant), which a GGUF model's LM head
+# takes by default.
+LayerActivations = Literal["float", "int8", "dynamic", "int16"]
+_KERNEL_MODE = {"float": "float", "int8": "int8", "dynamic": "int8-token", "int16": "int16"}
 
 
 class QuantLinear(nn.Module):
@@ -35,14 +39,14 @@ class QuantLinear(nn.Module):
         out_features: int,
         *,
         bias: bool,
-        activations: ActivationMode,
+        activations: LayerActivations,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         if activations not in _KERNEL_MODE:
             raise ValueError(
-                f"activations must be 'float', 'int8' or 'dynamic', got {activations!r}"
+                f"activations must be 'float', 'int8', 'dynamic' or 'int16', got {activations!r}"
             )
         self.in_features, self.out_features = in_features, out_features
         self.activations = activations
@@ -83,7 +87,7 @@ class Int8Linear(QuantLinear):
         out_features: int,
         bias: bool = False,
         *,
-        activations: ActivationMode = "float",
+        activations: LayerActivations = "float",
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -122,7 +126,7 @@ class Q4Linear(QuantLinear):
         *,
         group_size: int = 64,
         zero_points: bool = False,
-        activations: ActivationMode = "int8",
+        activations: LayerActivations = "int8",
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -177,7 +181,7 @@ class GGUFLinear(QuantLinear):
         format: str,
         bias: bool = False,
         *,
-        activations: ActivationMode = "int8",
+        activations: LayerActivations = "int8",
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -206,7 +210,7 @@ class GGUFLinear(QuantLinear):
         format: str,
         in_features: int,
         bias: torch.Tensor | None = None,
-        activations: ActivationMode = "int8",
+        activations: LayerActivations = "int8",
     ) -> GGUFLinear:
         """A layer around ``blocks`` (kept, not copied: a memory-mapped file stays mapped).
         Raises ``ValueError`` when the shape does not fit ``format`` and ``in_features``."""

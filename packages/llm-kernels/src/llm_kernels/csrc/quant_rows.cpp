@@ -10,13 +10,21 @@
 // Every format is read as blocks of 32 weights with a scale d and (4-bit) an offset m:
 // w = q * d + m, q in 0..15 (4-bit; m = -8 d when symmetric) or -127..127 (8-bit; m = 0).
 //
-// Two ways to multiply, chosen per call (`activations`):
+// Four ways to multiply, chosen per call (`activations`):
 //   1, int8 activations: each row of x quantized per block of 32 (as llama.cpp's Q8_0/Q8_1:
 //     dx = amax / 127, qx = round(x / dx), sx = dx * sum(qx)); per block an int8 dot product
 //     (AVX-512 VNNI / AVX-VNNI vpdpbusd, else AVX2 maddubs), y += d dx dot + m sx. Q8_0 and
 //     4-bit blocks in GGUF order go two blocks of a row at a time (pairs_q8, pairs_4bit: one
 //     conversion and scaling for both, the 4-bit zero point -8 in integers).
 //   2, the same with one dx per row (dynamic per-token W8A8: dx = the row's amax / 127).
+//   3, int16 activations: the same per block of 32 with dx = amax / 32767 (x / dx rounded
+//     half away from zero: steps 258 times finer than int8's, errors of about 3e-6 of the
+//     terms' scale against 7e-4), weights widened to int16 lanes, int16 pairs multiplied into int32 (AVX-512 VNNI /
+//     AVX-VNNI vpdpwssd, else AVX2 madd), y += d dx dot + m sx with the symmetric zero point
+//     in integers. 4-bit blocks in GGUF order go two blocks of four rows at a time
+//     (pairs_4bit16: the activations stored in the lanes' order, four rows' sums reduced into
+//     one vector, one conversion and scaling for eight blocks); Q8_0 two blocks at a time
+//     (pairs_q8_16). Four weight rows per activation load whatever the number of input rows.
 //   0, float activations: weights widened to float in registers, y += d sum(q x) + m sum(x);
 //     the exact dequantized product apart from float32 rounding.
 // Each weight row is read once for all input rows; output rows are shared between torch's
@@ -117,12 +125,17 @@ inline BlockRef block_ref(const Weights& w, int64_t n, int64_t b) {
 
 constexpr bool is_4bit(int F) { return F == kQ4_0 || F == kQ4_1 || F == kQ4; }
 
+// How the activations enter the products (template argument A).
+enum Arith : int { kFloatAct = 0, kInt8Act = 1, kInt16Act = 2 };
+
 // The activations of m rows, prepared once per call.
 struct Acts {
   const float* x;        // [m, K]
   const int8_t* qx;      // [m, K] (int8 activations)
-  const float* dx;       // [m, K/32] (int8 activations)
-  const float* sx;       // [m, K/32]: dx * sum(qx) (int8 activations) or sum(x) (float)
+  const int16_t* qw;     // [m, K] (int16 activations)
+  const float* dx;       // [m, K/32] (int8, int16 activations)
+  const float* sx;       // [m, K/32]: dx * sum(qx) (int8, int16 activations) or sum(x) (float)
+  const int32_t* sq;     // [m, K/32]: sum(qx) (int16 activations)
   int64_t k;
 };
 
@@ -347,28 +360,242 @@ inline int64_t pairs_q8(const Weights& w, int64_t n, const Acts& a, __m256 (&acc
   return end;
 }
 
+// acc + a . b per pair of int16 lanes (int32 lanes; exact: no saturation).
+inline __m256i dot16_acc(__m256i acc, __m256i a, __m256i b) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpwssd_epi32(acc, a, b);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpwssd_avx_epi32(acc, a, b);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+
+// The 32 values of a block as int16, elements 0..15 in lo and 16..31 in hi (4-bit: 0..15).
+template <int F>
+inline void load_block16(const BlockRef& r, __m256i& lo, __m256i& hi) {
+  const __m128i* p = reinterpret_cast<const __m128i*>(r.p);
+  if constexpr (!is_4bit(F)) {
+    lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(p));
+    hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(p + 1));
+  } else {
+    const __m256i low = _mm256_set1_epi16(0x0F);
+    if (r.nib == 0) {  // byte j: element j in its low nibble, j + 16 in its high one
+      const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128(p));
+      lo = _mm256_and_si256(v, low);
+      hi = _mm256_srli_epi16(v, 4);
+    } else {
+      const __m256i v0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p));
+      const __m256i v1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p + 1));
+      if (r.nib == 1) {
+        lo = _mm256_and_si256(v0, low), hi = _mm256_and_si256(v1, low);
+      } else {
+        lo = _mm256_srli_epi16(v0, 4), hi = _mm256_srli_epi16(v1, 4);
+      }
+    }
+  }
+}
+
+// The int32 vector that starts the dot product of a symmetric 4-bit block (values q = w + 8)
+// with int16 activations: -8 sum(qx) in one lane, so that the sum is dot(q - 8, qx), exact.
+inline __m256i centring16(int32_t sum_qx) {
+  return _mm256_setr_epi32(-8 * sum_qx, 0, 0, 0, 0, 0, 0, 0);
+}
+
+// p[0], p[1] in the low lanes.
+inline __m256 load2(const float* p) {
+  return _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))));
+}
+
+// The float16 scales (and mins) of blocks b and b + 1 of rows n..n+R-1 (R <= 4), converted
+// together in the lanes of pairs_4bit16's sums: lane r block b of row r, lane 4 + r block
+// b + 1 (lanes of missing rows 0). Read as 32-bit words (GGUF: a block's d and the next two
+// bytes, its m for Q4_1; q4: a row's two adjacent scales, or mins), then gathered in lanes.
+template <int F, bool Min, int R>
+inline void quad_scales(const Weights& w, int64_t n, int64_t b, __m256& d, __m256& m) {
+  uint32_t h0[4] = {}, h1[4] = {};
+  for (int r = 0; r < R; ++r) {
+    if constexpr (F == kQ4) {
+      const int64_t i = (n + r) * w.groups + b;
+      std::memcpy(&h0[r], w.scales_f16 + i, 4);
+      if constexpr (Min) std::memcpy(&h1[r], w.mins_f16 + i, 4);
+    } else {
+      constexpr int64_t kBytes = F == kQ4_0 ? 18 : 20;
+      const uint8_t* p = w.q + (n + r) * w.row_bytes + b * kBytes;
+      std::memcpy(&h0[r], p, 4);
+      std::memcpy(&h1[r], p + kBytes, 4);
+    }
+  }
+  // the low 16 bits of each word, then the high ones
+  const __m128i split = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+  const __m128i a0 = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h0)), split);
+  const __m128i a1 = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h1)), split);
+  if constexpr (F == kQ4) {  // a0: the scales [block b of rows 0-3, block b + 1], a1 the mins
+    d = _mm256_cvtph_ps(a0);
+    if constexpr (Min) m = _mm256_cvtph_ps(a1);
+  } else {  // a0: [d of block b, m of block b], a1 the same for block b + 1
+    d = _mm256_cvtph_ps(_mm_unpacklo_epi64(a0, a1));
+    if constexpr (Min) m = _mm256_cvtph_ps(_mm_unpackhi_epi64(a0, a1));
+  }
+}
+
+// Int16 activations on 4-bit blocks in GGUF order, two blocks (b, b + 1) of R <= 4 rows at a
+// time. A row's two blocks (16 + 16 bytes) in one vector, unpacked in lanes to int16 (bytes
+// 0-7 of each block, then 8-15), each byte's low nibble (elements 0-15) and high nibble
+// (16-31): four vectors whose lower halves are block b's and upper halves block b + 1's; the
+// activations are stored in that order (quantize_rows16's pair order), so that int32 lanes
+// 0-3 sum block b and 4-7 block b + 1. The R rows' sums are then reduced together
+// (horizontal adds, exact in integers) to one vector, lane r block b of row r and lane 4 + r
+// block b + 1, converted and scaled at once: acc[mm] += float(dot) d dx (+ m sx with a min).
+// The symmetric zero point is taken in integers: dot(q - 8, qx) = dot(q, qx) - 8 sum(qx).
+// Every output's sequence of operations is the same whatever R (missing rows are zeros).
+// Returns the number of blocks done (all but an odd last one).
+template <int F, bool Min, int R, int M>
+inline int64_t pairs_4bit16(const Weights& w, int64_t n, const Acts& a, __m256 (&acc)[M]) {
+  static_assert(R <= 4);
+  const int64_t blocks = a.k / kQK;
+  const int64_t end = blocks & ~int64_t(1);
+  const __m256i low = _mm256_set1_epi16(0x0F), zero = _mm256_setzero_si256();
+  const __m256i halves = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+  for (int64_t b = 0; b < end; b += 2) {
+    __m256i wv[R][4];
+    for (int r = 0; r < R; ++r) {
+      const BlockRef r0 = block_ref<F, Min>(w, n + r, b), r1 = block_ref<F, Min>(w, n + r, b + 1);
+      __builtin_prefetch(r0.p + kPrefetchBytes, 0, 3);
+      const __m256i v = _mm256_inserti128_si256(
+          _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0.p))),
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1.p)), 1);
+      const __m256i u0 = _mm256_unpacklo_epi8(v, zero), u1 = _mm256_unpackhi_epi8(v, zero);
+      wv[r][0] = _mm256_and_si256(u0, low);  // elements 0-7
+      wv[r][1] = _mm256_and_si256(u1, low);  // 8-15
+      wv[r][2] = _mm256_srli_epi16(u0, 4);   // 16-23
+      wv[r][3] = _mm256_srli_epi16(u1, 4);   // 24-31
+    }
+    __m256 dv, mv = _mm256_setzero_ps();
+    quad_scales<F, Min, R>(w, n, b, dv, mv);
+    for (int mm = 0; mm < M; ++mm) {
+      // the activations of both blocks in pair order (quantize_rows16): elements 0-7 of
+      // block b then of b + 1, 8-15, 16-23, 24-31
+      const __m256i* xp = reinterpret_cast<const __m256i*>(a.qw + mm * a.k + b * kQK);
+      const __m256i xv[4] = {_mm256_loadu_si256(xp), _mm256_loadu_si256(xp + 1),
+                             _mm256_loadu_si256(xp + 2), _mm256_loadu_si256(xp + 3)};
+      __m256i s[4];
+      for (int r = 0; r < 4; ++r) {
+        if (r >= R) {
+          s[r] = zero;
+          continue;
+        }
+        s[r] = _mm256_madd_epi16(wv[r][0], xv[0]);
+        s[r] = dot16_acc(s[r], wv[r][1], xv[1]);
+        s[r] = dot16_acc(s[r], wv[r][2], xv[2]);
+        s[r] = dot16_acc(s[r], wv[r][3], xv[3]);
+      }
+      // lanes 0-3: block b of rows 0-3, 4-7: block b + 1
+      __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+      const int64_t i = mm * blocks + b;  // the two blocks' dx, sq, sx
+      if constexpr (!Min) {
+        const __m256i sq = _mm256_permutevar8x32_epi32(
+            _mm256_castsi128_si256(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.sq + i))),
+            halves);  // [sq0 x4, sq1 x4]
+        t = _mm256_sub_epi32(t, _mm256_slli_epi32(sq, 3));
+      }
+      const __m256 dxv = _mm256_permutevar8x32_ps(load2(a.dx + i), halves);
+      acc[mm] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(dv, dxv), acc[mm]);
+      if constexpr (Min) {
+        acc[mm] = _mm256_fmadd_ps(mv, _mm256_permutevar8x32_ps(load2(a.sx + i), halves), acc[mm]);
+      }
+    }
+  }
+  return end;
+}
+
+// Int16 activations on Q8_0 blocks, two at a time: each block widened to int16 (two vectors,
+// elements 0-15 and 16-31), its 8 int32 partial sums folded with the other block's as in
+// pairs_q8 (lanes 0-3 block b, 4-7 block b + 1), one scaling and conversion for both.
+template <int R, int M>
+inline int64_t pairs_q8_16(const Weights& w, int64_t n, const Acts& a, __m256 (&acc)[R][M]) {
+  const int64_t blocks = a.k / kQK;
+  const int64_t end = blocks & ~int64_t(1);
+  const __m256i d_lanes = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t b = 0; b < end; b += 2) {
+    __m256i wv[R][4];
+    __m256 dv[R];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* p = w.q + (n + r) * w.row_bytes + b * 34;
+      __builtin_prefetch(p + kPrefetchBytes, 0, 3);
+      const __m128i* q0 = reinterpret_cast<const __m128i*>(p + 2);
+      const __m128i* q1 = reinterpret_cast<const __m128i*>(p + 36);
+      wv[r][0] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q0));
+      wv[r][1] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q0 + 1));
+      wv[r][2] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q1));
+      wv[r][3] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q1 + 1));
+      const __m256 h = _mm256_castps128_ps256(pair_scales<kQ8_0, false>(w, n + r, b));
+      dv[r] = _mm256_permutevar8x32_ps(h, d_lanes);
+    }
+    for (int mm = 0; mm < M; ++mm) {
+      const __m256i* xp = reinterpret_cast<const __m256i*>(a.qw + mm * a.k + b * kQK);
+      const __m256i x0 = _mm256_loadu_si256(xp), x1 = _mm256_loadu_si256(xp + 1);
+      const __m256i x2 = _mm256_loadu_si256(xp + 2), x3 = _mm256_loadu_si256(xp + 3);
+      const float* dxp = a.dx + mm * blocks + b;
+      const __m256 dxv = _mm256_blend_ps(_mm256_set1_ps(dxp[0]), _mm256_set1_ps(dxp[1]), 0xF0);
+      for (int r = 0; r < R; ++r) {
+        const __m256i s0 = dot16_acc(dot16_acc(zero, wv[r][0], x0), wv[r][1], x1);
+        const __m256i s1 = dot16_acc(dot16_acc(zero, wv[r][2], x2), wv[r][3], x3);
+        acc[r][mm] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold_pair(s0, s1)),
+                                     _mm256_mul_ps(dv[r], dxv), acc[r][mm]);
+      }
+    }
+  }
+  return end;
+}
+
 // y[mm * ld_y + r] for R weight rows from row n, M input rows.
-template <int F, bool Min, bool IntAct, int R, int M>
+template <int F, bool Min, int A, int R, int M>
 void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
   const int64_t blocks = a.k / kQK;
   __m256 acc[R][M];
   float off[R][M];  // the m * sx terms
   for (int r = 0; r < R; ++r)
     for (int mm = 0; mm < M; ++mm) acc[r][mm] = _mm256_setzero_ps(), off[r][mm] = 0.f;
+  __m256 pacc[M];  // pairs_4bit16's sums: lane r row r's even blocks, 4 + r its odd ones
+  for (int mm = 0; mm < M; ++mm) pacc[mm] = _mm256_setzero_ps();
   int64_t b0 = 0;
-  if constexpr (IntAct && is_4bit(F)) {
+  if constexpr (A == kInt8Act && is_4bit(F)) {
     if (F != kQ4 || w.group == kQK) b0 = pairs_4bit<F, Min, R, M>(w, n, a, acc);  // GGUF order
   }
-  if constexpr (IntAct && F == kQ8_0) b0 = pairs_q8<R, M>(w, n, a, acc);
+  if constexpr (A == kInt8Act && F == kQ8_0) b0 = pairs_q8<R, M>(w, n, a, acc);
+  if constexpr (A == kInt16Act && is_4bit(F)) {
+    if (F != kQ4 || w.group == kQK) b0 = pairs_4bit16<F, Min, R, M>(w, n, a, pacc);
+  }
+  if constexpr (A == kInt16Act && F == kQ8_0) b0 = pairs_q8_16<R, M>(w, n, a, acc);
   for (int64_t b = b0; b < blocks; ++b) {
     BlockRef ref[R];
-    __m256i wv[R];
     for (int r = 0; r < R; ++r) {
       ref[r] = block_ref<F, Min>(w, n + r, b);
       __builtin_prefetch(ref[r].p + kPrefetchBytes, 0, 3);
-      wv[r] = load_block<F>(ref[r]);
     }
-    if constexpr (IntAct) {
+    if constexpr (A == kInt16Act) {
+      __m256i lo[R], hi[R];
+      for (int r = 0; r < R; ++r) load_block16<F>(ref[r], lo[r], hi[r]);
+      for (int mm = 0; mm < M; ++mm) {
+        const __m256i* xp = reinterpret_cast<const __m256i*>(a.qw + mm * a.k + b * kQK);
+        const __m256i xlo = _mm256_loadu_si256(xp), xhi = _mm256_loadu_si256(xp + 1);
+        const float dx = a.dx[mm * blocks + b];
+        __m256i start = _mm256_setzero_si256();
+        if constexpr (is_4bit(F) && !Min) start = centring16(a.sq[mm * blocks + b]);
+        for (int r = 0; r < R; ++r) {
+          const __m256i s = dot16_acc(dot16_acc(start, lo[r], xlo), hi[r], xhi);
+          acc[r][mm] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(ref[r].d * dx),
+                                       acc[r][mm]);
+          if constexpr (is_4bit(F) && Min) off[r][mm] += ref[r].m * a.sx[mm * blocks + b];
+        }
+      }
+      continue;
+    }
+    __m256i wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = load_block<F>(ref[r]);
+    if constexpr (A == kInt8Act) {
       for (int mm = 0; mm < M; ++mm) {
         const __m256i xv =
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qx + mm * a.k + b * kQK));
@@ -404,13 +631,17 @@ void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
       }
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int mm = 0; mm < M; ++mm) y[mm * ld_y + r] = hsum(acc[r][mm]) + off[r][mm];
+  for (int mm = 0; mm < M; ++mm) {
+    float p[8];
+    _mm256_storeu_ps(p, pacc[mm]);
+    for (int r = 0; r < R; ++r)
+      y[mm * ld_y + r] = hsum(acc[r][mm]) + off[r][mm] + (p[r] + p[4 + r]);
+  }
 }
 
 #else  // no AVX2: the same arithmetic, one value at a time
 
-template <int F, bool Min, bool IntAct, int R, int M>
+template <int F, bool Min, int A, int R, int M>
 void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
   const int64_t blocks = a.k / kQK;
   float acc[R][M] = {}, off[R][M] = {};
@@ -420,12 +651,20 @@ void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
       const BlockRef ref = block_ref<F, Min>(w, n + r, b);
       block_values<F>(ref, v);
       for (int mm = 0; mm < M; ++mm) {
-        if constexpr (IntAct) {
+        if constexpr (A == kInt8Act) {
           const int8_t* xq = a.qx + mm * a.k + b * kQK;
           int32_t s = 0;
           for (int j = 0; j < kQK; ++j) s += int32_t(v[j]) * int32_t(xq[j]);
           acc[r][mm] += float(s) * (ref.d * a.dx[mm * blocks + b]);
           if constexpr (is_4bit(F)) off[r][mm] += ref.m * a.sx[mm * blocks + b];
+        } else if constexpr (A == kInt16Act) {
+          // the symmetric 4-bit zero point in integers, a min as m sx (as the AVX2 path)
+          const int16_t* xq = a.qw + mm * a.k + b * kQK;
+          const int centre = (is_4bit(F) && !Min) ? 8 : 0;
+          int32_t s = 0;
+          for (int j = 0; j < kQK; ++j) s += int32_t(v[j] - centre) * int32_t(xq[j]);
+          acc[r][mm] += float(s) * (ref.d * a.dx[mm * blocks + b]);
+          if constexpr (is_4bit(F) && Min) off[r][mm] += ref.m * a.sx[mm * blocks + b];
         } else {
           const float* xp = a.x + mm * a.k + b * kQK;
           const int centre = (is_4bit(F) && !Min) ? 8 : 0;
@@ -444,48 +683,51 @@ void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
 #endif
 
 // R weight rows from row n against all m input rows, four at a time.
-template <int F, bool Min, bool IntAct, int R>
+template <int F, bool Min, int A, int R>
 void tile_rows(const Weights& w, int64_t n, const Acts& a, int64_t m, float* y, int64_t ld_y) {
   for (int64_t m0 = 0; m0 < m; m0 += 4) {
     Acts am = a;
     am.x = a.x ? a.x + m0 * a.k : nullptr;
     am.qx = a.qx ? a.qx + m0 * a.k : nullptr;
+    am.qw = a.qw ? a.qw + m0 * a.k : nullptr;
     am.dx = a.dx ? a.dx + m0 * (a.k / kQK) : nullptr;
     am.sx = a.sx ? a.sx + m0 * (a.k / kQK) : nullptr;
+    am.sq = a.sq ? a.sq + m0 * (a.k / kQK) : nullptr;
     float* ym = y + m0 * ld_y + n;
     switch (std::min<int64_t>(4, m - m0)) {
-      case 1: tile<F, Min, IntAct, R, 1>(w, n, am, ym, ld_y); break;
-      case 2: tile<F, Min, IntAct, R, 2>(w, n, am, ym, ld_y); break;
-      case 3: tile<F, Min, IntAct, R, 3>(w, n, am, ym, ld_y); break;
-      default: tile<F, Min, IntAct, R, 4>(w, n, am, ym, ld_y); break;
+      case 1: tile<F, Min, A, R, 1>(w, n, am, ym, ld_y); break;
+      case 2: tile<F, Min, A, R, 2>(w, n, am, ym, ld_y); break;
+      case 3: tile<F, Min, A, R, 3>(w, n, am, ym, ld_y); break;
+      default: tile<F, Min, A, R, 4>(w, n, am, ym, ld_y); break;
     }
   }
 }
 
-// Output columns [begin, end): 4 weight rows at a time for one input row, 2 for more, then 1.
-template <int F, bool Min, bool IntAct>
+// Output columns [begin, end): 4 weight rows at a time for one input row (or int16
+// activations, whose 4-bit pairs reduce 4 rows' sums together), 2 for more, then 1.
+template <int F, bool Min, int A>
 void columns(const Weights& w, const Acts& a, int64_t m, float* y, int64_t out, int64_t begin,
              int64_t end) {
   int64_t n = begin;
-  if (m == 1) {
-    for (; n + 4 <= end; n += 4) tile_rows<F, Min, IntAct, 4>(w, n, a, m, y, out);
+  if (m == 1 || A == kInt16Act) {
+    for (; n + 4 <= end; n += 4) tile_rows<F, Min, A, 4>(w, n, a, m, y, out);
   } else {
-    for (; n + 2 <= end; n += 2) tile_rows<F, Min, IntAct, 2>(w, n, a, m, y, out);
+    for (; n + 2 <= end; n += 2) tile_rows<F, Min, A, 2>(w, n, a, m, y, out);
   }
-  for (; n < end; ++n) tile_rows<F, Min, IntAct, 1>(w, n, a, m, y, out);
+  for (; n < end; ++n) tile_rows<F, Min, A, 1>(w, n, a, m, y, out);
 }
 
 using ColumnsFn = void (*)(const Weights&, const Acts&, int64_t, float*, int64_t, int64_t,
                            int64_t);
 
-template <bool IntAct>
+template <int A>
 ColumnsFn pick(int64_t format, bool has_mins) {
   switch (format) {
-    case kQ8_0: return &columns<kQ8_0, false, IntAct>;
-    case kQ4_0: return &columns<kQ4_0, false, IntAct>;
-    case kQ4_1: return &columns<kQ4_1, true, IntAct>;
-    case kInt8: return &columns<kInt8, false, IntAct>;
-    default: return has_mins ? &columns<kQ4, true, IntAct> : &columns<kQ4, false, IntAct>;
+    case kQ8_0: return &columns<kQ8_0, false, A>;
+    case kQ4_0: return &columns<kQ4_0, false, A>;
+    case kQ4_1: return &columns<kQ4_1, true, A>;
+    case kInt8: return &columns<kInt8, false, A>;
+    default: return has_mins ? &columns<kQ4, true, A> : &columns<kQ4, false, A>;
   }
 }
 
@@ -546,6 +788,48 @@ void quantize_rows(const float* x, int64_t m, int64_t k, bool per_row, int8_t* q
   }
 }
 
+// Quantize m rows of x per block of 32 to int16: qx = round(x / dx) with dx = amax / 32767
+// (ties away from zero), sq = sum(qx), sx = dx * sq. A division, not a multiplication by
+// 1 / dx, which overflows to infinity for blocks under about 1e-34; clamped to +-32767, which
+// x / dx exceeds only where dx is subnormal (blocks under about 4e-34), imprecise. With
+// `paired` (4-bit blocks in GGUF order, pairs_4bit16) each two blocks (b, b + 1) of a row (b
+// even, an odd last one left as it is) are stored in pair order: elements 0-7 of b, 0-7 of
+// b + 1, 8-15 of b, 8-15 of b + 1, then 16-23 and 24-31 alike.
+void quantize_rows16(const float* x, int64_t m, int64_t k, bool paired, int16_t* qx, float* dx,
+                     float* sx, int32_t* sq) {
+  const int64_t blocks = k / kQK;
+  int16_t q[2 * kQK];
+  for (int64_t i = 0; i < m * blocks;) {
+    const bool pair = paired && i % blocks + 1 < blocks;  // blocks i, i + 1 of the same row
+    const int n = pair ? 2 : 1;
+    for (int h = 0; h < n; ++h) {
+      const float* xb = x + (i + h) * kQK;
+      float amax = 0.f;
+      for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+      const float d = amax / 32767.f;
+      int32_t sum = 0;
+      for (int j = 0; j < kQK; ++j) {
+        const long v = d != 0.f ? std::lround(xb[j] / d) : 0L;
+        q[h * kQK + j] = int16_t(std::clamp(v, -32767L, 32767L));
+        sum += q[h * kQK + j];
+      }
+      dx[i + h] = d;
+      sq[i + h] = sum;
+      sx[i + h] = d * float(sum);
+    }
+    int16_t* out = qx + i * kQK;
+    if (pair) {
+      for (int c = 0; c < 4; ++c) {  // elements 8c..8c+7 of both blocks
+        std::memcpy(out + 16 * c, q + 8 * c, 16);
+        std::memcpy(out + 16 * c + 8, q + kQK + 8 * c, 16);
+      }
+    } else {
+      std::memcpy(out, q, sizeof(int16_t) * kQK);
+    }
+    i += n;
+  }
+}
+
 void block_sums(const float* x, int64_t m, int64_t k, float* sx) {
   for (int64_t i = 0; i < m * (k / kQK); ++i) {
     float s = 0.f;
@@ -559,8 +843,10 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
                       const std::optional<at::Tensor>& mins, int64_t format, int64_t group_size,
                       const std::optional<at::Tensor>& bias, int64_t activations) {
   TORCH_CHECK(format >= kQ8_0 && format <= kQ4, "quant_rows: unknown format ", format);
-  TORCH_CHECK(activations >= 0 && activations <= 2, "quant_rows: activations must be 0, 1 or 2");
-  const bool int8_activations = activations != 0;
+  TORCH_CHECK(activations >= 0 && activations <= 3,
+              "quant_rows: activations must be 0, 1, 2 or 3, got ", activations);
+  const bool int8_activations = activations == 1 || activations == 2;
+  const bool int16_activations = activations == 3;
   TORCH_CHECK(x.device().is_cpu() && qweight.device().is_cpu(), "quant_rows: CPU tensors only");
   TORCH_CHECK(x.scalar_type() == at::kFloat, "quant_rows: x must be float32");
   TORCH_CHECK(qweight.dim() == 2 && qweight.is_contiguous() && qweight.size(0) > 0,
@@ -613,17 +899,31 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
   at::Tensor y = at::empty(sizes, x.options());
   const int64_t blocks = k / kQK;
   const bool has_mins = w.mins_f16 != nullptr;
-  const ColumnsFn run_columns =
-      int8_activations ? pick<true>(format, has_mins) : pick<false>(format, has_mins);
+  const ColumnsFn run_columns = int16_activations ? pick<kInt16Act>(format, has_mins)
+                               : int8_activations ? pick<kInt8Act>(format, has_mins)
+                                                  : pick<kFloatAct>(format, has_mins);
+  // 4-bit blocks in GGUF order take int16 activations in pair order (AVX2's pairs_4bit16)
+#if defined(__AVX2__)
+  const bool paired = format == kQ4_0 || format == kQ4_1 || (format == kQ4 && group_size == kQK);
+#else
+  const bool paired = false;
+#endif
   const int threads = at::get_num_threads();
   const int64_t rows = std::min(m, kMaxRows);
   std::vector<int8_t> qx(int8_activations ? rows * k : 0);
-  std::vector<float> dx(int8_activations ? rows * blocks : 0), sx(rows * blocks);
+  std::vector<int16_t> qw(int16_activations ? rows * k : 0);
+  std::vector<int32_t> sq(int16_activations ? rows * blocks : 0);
+  std::vector<float> dx(activations != 0 ? rows * blocks : 0), sx(rows * blocks);
   // More than kMaxRows rows (a prompt): kMaxRows at a time, each pass reading the weights once.
   for (int64_t r0 = 0; r0 < m; r0 += kMaxRows) {
     const int64_t mr = std::min(kMaxRows, m - r0);
-    Acts a{xc.data_ptr<float>() + r0 * k, nullptr, nullptr, sx.data(), k};
-    if (int8_activations) {
+    Acts a{xc.data_ptr<float>() + r0 * k, nullptr, nullptr, nullptr, sx.data(), nullptr, k};
+    if (int16_activations) {
+      quantize_rows16(a.x, mr, k, paired, qw.data(), dx.data(), sx.data(), sq.data());
+      a.qw = qw.data();
+      a.dx = dx.data();
+      a.sq = sq.data();
+    } else if (int8_activations) {
       quantize_rows(a.x, mr, k, activations == 2, qx.data(), dx.data(), sx.data());
       a.qx = qx.data();
       a.dx = dx.data();
