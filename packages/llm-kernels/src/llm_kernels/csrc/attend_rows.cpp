@@ -243,7 +243,7 @@ TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
 }
 TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("attend_rows", &attend_rows); }
 
-// decode_layer.cpp's view: the arguments' checks, and the units [begin, end) of the loop above
+// decode_layers.cpp's view: the arguments' checks, and the units [begin, end) of the loop above
 // into a preallocated contiguous y (called from inside its own parallel region).
 void llm_kernels_attend_check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& mask) {

@@ -194,7 +194,7 @@ TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
 
 TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("linear_rows", &linear_rows); }
 
-// decode_layer.cpp's view: output columns [begin, end) of x [m, in] times the row-major weight
+// decode_layers.cpp's view: output columns [begin, end) of x [m, in] times the row-major weight
 // w [out, in], y[r * ld_y + n] for input row r (any m; called inside its parallel region).
 void llm_kernels_linear_columns(const float* w, int64_t in, const float* x, int64_t m, float* y,
                                 int64_t ld_y, int64_t begin, int64_t end) {

@@ -966,7 +966,7 @@ TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
 
 TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("quant_rows", &quant_rows); }
 
-// decode_layer.cpp's view of the int8-activation arithmetic, for use inside its own parallel
+// decode_layers.cpp's view of the int8-activation arithmetic, for use inside its own parallel
 // region: the activations of m rows of k quantized per block of 32 (qx [m, k], dx and sx
 // [m, k/32]; also a contiguous run of blocks of one row), and output columns [begin, end) of
 // GGUF blocks (format 0 Q8_0, 1 Q4_0, 2 Q4_1; rows of row_bytes) times them, y[r * ld_y + n].
@@ -978,6 +978,6 @@ void llm_kernels_quant_columns(const uint8_t* q, int64_t row_bytes, int64_t form
                                const int8_t* qx, const float* dx, const float* sx, int64_t k,
                                int64_t m, float* y, int64_t ld_y, int64_t begin, int64_t end) {
   const Weights w{q, row_bytes, nullptr, nullptr, nullptr, 0, 0};
-  const Acts a{nullptr, qx, dx, sx, k};
-  pick<true>(format, /*has_mins=*/false)(w, a, m, y, ld_y, begin, end);
+  const Acts a{nullptr, qx, nullptr, dx, sx, nullptr, k};
+  pick<kInt8Act>(format, /*has_mins=*/false)(w, a, m, y, ld_y, begin, end);
 }
