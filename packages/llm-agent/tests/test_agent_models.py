@@ -107,3 +107,21 @@ def test_models_have_the_protocol_shape():
         assert list(params) == list(want)
         assert [p.kind for p in params.values()] == [p.kind for p in want.values()]
     assert OpenAIChatModel.native_tools and not LocalChatModel.native_tools
+
+
+def test_the_local_model_streams_through_its_engine():
+    # the demo model, in this process: the reply is what LLM.chat gives for the same request
+    pytest.importorskip("llm_infer")
+    model = LocalChatModel("demo")
+    messages = [{"role": "user", "content": "hello"}]
+    reply = asyncio.run(reply_of(model, messages, temperature=0, max_tokens=12))
+    assert reply == model.llm.chat(messages, temperature=0, max_tokens=12).text
+    with pytest.raises(AgentError, match="temperature"):
+        asyncio.run(reply_of(model, messages, temperature=5))
+
+
+async def reply_of(model: LocalChatModel, messages: list[dict[str, str]], **params) -> str:
+    try:
+        return "".join([delta async for delta in model.stream(messages, **params)])
+    finally:
+        await model.aclose()

@@ -126,6 +126,7 @@ class LocalChatModel:
                 "a local model needs llm-infer: pip install 'llm-agent[local]' (or use --server URL)"
             ) from None
         self._errors = llm_infer.InferError
+        self._engine_type = llm_infer.Engine
         try:
             self.llm = llm_infer.load(source)
         except (llm_infer.InferError, OSError, ValueError) as exc:
@@ -139,7 +140,7 @@ class LocalChatModel:
         """Yield the reply's text deltas. Raises :class:`AgentError` for bad sampling or a
         conversation longer than the context."""
         if self._engine is None:
-            self._engine = self.llm.engine()
+            self._engine = self._engine_type(self.llm)
             await self._engine.start()
         params = {k: v for k, v in sampling.items() if v is not None}
         try:
