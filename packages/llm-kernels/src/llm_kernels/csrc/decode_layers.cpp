@@ -64,7 +64,7 @@ namespace {
 
 constexpr int64_t kFloat = -1;          // float32 row-major weights
 constexpr int64_t kQK = 32;             // values per block of the int8 activations
-constexpr int64_t kChunkBytes = 32768;  // weights per unit of work sharing
+constexpr int64_t kChunkBytes = 131072;  // weights per unit of work sharing
 constexpr const char* kOp = "decode_layers: ";
 
 // B rows of K activations: float, and quantized per block of 32 when a quantized matrix
@@ -214,13 +214,47 @@ class Barrier {
   int64_t parties_;
 };
 
-// Units [0, n) of a phase, taken by whichever thread is free.
-struct alignas(64) Counter {
-  std::atomic<int64_t> next{0};
-  template <typename F>
-  void run(int64_t n, F&& f) {
-    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) f(i);
+// The units [0, n) of a phase. Each of the region's ids owns a contiguous share and takes it
+// front to back (long sequential reads of the weights, which the hardware prefetches well); a
+// thread done with its own shares takes units from the back of the others', so a thread that
+// the host holds up does not keep the rest waiting (as in linear_rows.cpp).
+class Work {
+ public:
+  void init(int64_t n, int64_t ids) {
+    shares_.reset(new Share[ids]);
+    ids_ = ids;
+    for (int64_t t = 0; t < ids; ++t) shares_[t].init(n * t / ids, n * (t + 1) / ids);
   }
+  template <typename F>
+  void run(int64_t id_begin, int64_t id_end, F&& f) {
+    for (int64_t t = id_begin; t < id_end; ++t)
+      for (int64_t u; (u = shares_[t].take(true)) >= 0;) f(u);
+    for (int64_t t = 0; t < ids_; ++t) {
+      if (t >= id_begin && t < id_end) continue;
+      for (int64_t u; (u = shares_[t].take(false)) >= 0;) f(u);
+    }
+  }
+
+ private:
+  // units [front, back) in one atomic word
+  struct alignas(64) Share {
+    std::atomic<uint64_t> range{0};
+    void init(int64_t front, int64_t back) {
+      range.store(uint64_t(front) | (uint64_t(back) << 32), std::memory_order_relaxed);
+    }
+    int64_t take(bool front) {
+      uint64_t r = range.load(std::memory_order_relaxed);
+      for (;;) {
+        const uint64_t f = r & 0xffffffffu, b = r >> 32;
+        if (f >= b) return -1;
+        const uint64_t next = front ? (f + 1) | (b << 32) : f | ((b - 1) << 32);
+        if (range.compare_exchange_weak(r, next, std::memory_order_relaxed))
+          return int64_t(front ? f : b - 1);
+      }
+    }
+  };
+  std::unique_ptr<Share[]> shares_;
+  int64_t ids_ = 0;
 };
 
 // One layer's weights, cache and working buffers (all allocated before the parallel region:
@@ -359,14 +393,21 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
   const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), 64));
   Barrier barrier(T);
   constexpr int kPhases = 5;
-  std::unique_ptr<Counter[]> counters(new Counter[kPhases * L]);
+  std::unique_ptr<Work[]> work(new Work[kPhases * L]);
+  for (int64_t l = 0; l < L; ++l) {
+    const Layer& ly = *layers[l];
+    const int64_t units[kPhases] = {int64_t(ly.qkv_parts.size()), B * Hkv,
+                                    int64_t(ly.o_parts.size()), ly.gu_units,
+                                    int64_t(ly.down_parts.size())};
+    for (int p = 0; p < kPhases; ++p) work[kPhases * l + p].init(units[p], T);
+  }
 
   const auto body = [&](int64_t id_begin, int64_t id_end) {
     const int64_t ids = id_end - id_begin;
     const bool first = id_begin == 0;
     for (int64_t l = 0; l < L; ++l) {
       Layer& ly = *layers[l];
-      Counter* counter = counters.get() + kPhases * l;
+      Work* phase = work.get() + kPhases * l;
       // the attention's norm
       if (first) {
         rms_norm(cur, ly.attn_norm, eps, B, C, ly.h.x.data());
@@ -374,13 +415,13 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
       }
       barrier.arrive(ids);
       // q, k, v
-      counter[0].run(ly.qkv_parts.size(), [&](int64_t i) {
+      phase[0].run(id_begin, id_end, [&](int64_t i) {
         const Part& p = ly.qkv_parts[i];
         multiply(*p.m, ly.h, p.y, p.ld, p.begin, p.end);
       });
       barrier.arrive(ids);
       // per (row, KV head): RoPE, the cache write, attention over the cache
-      counter[1].run(B * Hkv, [&](int64_t u) {
+      phase[1].run(id_begin, id_end, [&](int64_t u) {
         const int64_t b = u / Hkv, hk = u % Hkv;
         const float* row = ly.qkv_out.data() + b * qkv_ld;
         const float* cb = cp + b * D / 2;
@@ -402,7 +443,7 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
         barrier.arrive(ids);
       }
       // o
-      counter[2].run(ly.o_parts.size(), [&](int64_t i) {
+      phase[2].run(id_begin, id_end, [&](int64_t i) {
         const Part& p = ly.o_parts[i];
         multiply(*p.m, ly.y, p.y, p.ld, p.begin, p.end);
       });
@@ -416,7 +457,7 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
       barrier.arrive(ids);
       // gate and up, SwiGLU, the activation's quantization, a run of rows at a time
       const int64_t f = ly.f;
-      counter[3].run(ly.gu_units, [&](int64_t i) {
+      phase[3].run(id_begin, id_end, [&](int64_t i) {
         const int64_t a = i * ly.gu_step, e = std::min(f, a + ly.gu_step);
         float* gu = ly.gu.data();
         if (ly.gate_up.size() == 1) {
@@ -439,7 +480,7 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
       });
       barrier.arrive(ids);
       // down and the residual
-      counter[4].run(ly.down_parts.size(), [&](int64_t i) {
+      phase[4].run(id_begin, id_end, [&](int64_t i) {
         const Part& p = ly.down_parts[i];
         multiply(*p.m, ly.act, p.y, p.ld, p.begin, p.end);
         for (int64_t b = 0; b < B; ++b)
