@@ -205,7 +205,7 @@ def test_the_op_names_a_bad_argument():
     model = make_model()
     decoder = NativeDecoder.for_model(model)
     cache = model.new_cache(1, capacity=8)
-    (_, _, w), = decoder.runs
+    ((_, _, w),) = decoder.runs
     x = torch.zeros(1, 1, 128)
     cos = sin = torch.zeros(1, 16)
     mask = torch.ones(1, 1, 1, 1, dtype=torch.bool)
