@@ -58,7 +58,6 @@ constexpr int64_t kQK = 32;              // weights per block
 constexpr int64_t kMaxRows = 16;         // input rows per call
 constexpr int64_t kChunkBytes = 131072;  // weights (bytes) per unit of work sharing
 constexpr int64_t kSerialBytes = 262144; // a smaller matrix stays on one thread
-constexpr int64_t kPrefetchBytes = 4096; // how far ahead of the weights being read
 
 enum Format : int64_t { kQ8_0 = 0, kQ4_0 = 1, kQ4_1 = 2, kInt8 = 3, kQ4 = 4 };
 
@@ -124,6 +123,17 @@ inline BlockRef block_ref(const Weights& w, int64_t n, int64_t b) {
 }
 
 constexpr bool is_4bit(int F) { return F == kQ4_0 || F == kQ4_1 || F == kQ4; }
+
+// Software prefetch of the weights into L2 (prefetcht1), this far ahead of the bytes being read
+// in each row. Measured on the llama-125m shape's decode step (2 threads, weights streamed from
+// DRAM): prefetching into L2 instead of L1 made the Q8_0 step 15% and the Q4_0 step 20-25%
+// faster; 4-bit rows (432 bytes at K = 768) want the prefetch twice as far ahead as Q8_0's
+// (816 bytes), and none at all is slower by a third.
+constexpr int64_t prefetch_distance(int F) { return is_4bit(F) ? 8192 : 4096; }
+template <int F>
+inline void prefetch_ahead(const uint8_t* p) {
+  __builtin_prefetch(p + prefetch_distance(F), 0, 2);
+}
 
 // How the activations enter the products (template argument A).
 enum Arith : int { kFloatAct = 0, kInt8Act = 1, kInt16Act = 2 };
@@ -266,7 +276,7 @@ inline int64_t pairs_4bit(const Weights& w, int64_t n, const Acts& a, __m256 (&a
     for (int r = 0; r < R; ++r) {
       const BlockRef r0 = block_ref<F, Min>(w, n + r, b), r1 = block_ref<F, Min>(w, n + r, b + 1);
       const __m256 h = _mm256_castps128_ps256(pair_scales<F, Min>(w, n + r, b));
-      __builtin_prefetch(r0.p + kPrefetchBytes, 0, 3);
+      prefetch_ahead<F>(r0.p);
       const __m256i v = _mm256_inserti128_si256(
           _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0.p))),
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1.p)), 1);
@@ -331,7 +341,7 @@ inline int64_t pairs_q8(const Weights& w, int64_t n, const Acts& a, __m256 (&acc
     __m256 dv[R];
     for (int r = 0; r < R; ++r) {
       const uint8_t* p = w.q + (n + r) * w.row_bytes + b * 34;
-      __builtin_prefetch(p + kPrefetchBytes, 0, 3);
+      prefetch_ahead<kQ8_0>(p);
       w0[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
       w1[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 36));
       if constexpr (kBiased) w0[r] = _mm256_xor_si256(w0[r], bias), w1[r] = _mm256_xor_si256(w1[r], bias);
@@ -461,7 +471,7 @@ inline int64_t pairs_4bit16(const Weights& w, int64_t n, const Acts& a, __m256 (
     __m256i wv[R][4];
     for (int r = 0; r < R; ++r) {
       const BlockRef r0 = block_ref<F, Min>(w, n + r, b), r1 = block_ref<F, Min>(w, n + r, b + 1);
-      __builtin_prefetch(r0.p + kPrefetchBytes, 0, 3);
+      prefetch_ahead<F>(r0.p);
       const __m256i v = _mm256_inserti128_si256(
           _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0.p))),
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1.p)), 1);
@@ -523,7 +533,7 @@ inline int64_t pairs_q8_16(const Weights& w, int64_t n, const Acts& a, __m256 (&
     __m256 dv[R];
     for (int r = 0; r < R; ++r) {
       const uint8_t* p = w.q + (n + r) * w.row_bytes + b * 34;
-      __builtin_prefetch(p + kPrefetchBytes, 0, 3);
+      prefetch_ahead<kQ8_0>(p);
       const __m128i* q0 = reinterpret_cast<const __m128i*>(p + 2);
       const __m128i* q1 = reinterpret_cast<const __m128i*>(p + 36);
       wv[r][0] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q0));
@@ -573,7 +583,7 @@ void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
     BlockRef ref[R];
     for (int r = 0; r < R; ++r) {
       ref[r] = block_ref<F, Min>(w, n + r, b);
-      __builtin_prefetch(ref[r].p + kPrefetchBytes, 0, 3);
+      prefetch_ahead<F>(ref[r].p);
     }
     if constexpr (A == kInt16Act) {
       __m256i lo[R], hi[R];
