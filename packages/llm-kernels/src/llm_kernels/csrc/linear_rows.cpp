@@ -26,7 +26,7 @@ namespace {
 
 constexpr int64_t kLanes = 16;
 constexpr int64_t kMaxRows = 16;        // input rows per call
-constexpr int64_t kPrefetchAhead = 2048;  // floats (8 KiB) ahead of the weights being read
+constexpr int64_t kPrefetchAhead = 2048;  // floats (8 KiB) ahead of the weights being read, into L2
 constexpr int64_t kChunk = 32768;         // floats (128 KiB) of weights: the unit of work sharing
 constexpr int64_t kSerial = 65536;        // floats (256 KiB): a smaller matrix stays on one thread
 
@@ -51,7 +51,7 @@ inline void block(const float* w, int64_t in, const float* x, float* y, int64_t 
   for (int64_t i = 0; i < body; i += kLanes) {
     vec16 wv[R];
     for (int r = 0; r < R; ++r) {
-      __builtin_prefetch(w + r * in + i + kPrefetchAhead, 0, 3);
+      __builtin_prefetch(w + r * in + i + kPrefetchAhead, 0, 2);
       wv[r] = load(w + r * in + i);
     }
     for (int m = 0; m < M; ++m) {
