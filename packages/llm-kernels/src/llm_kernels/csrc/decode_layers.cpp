@@ -24,7 +24,8 @@
 // Threads: the whole step is one parallel region of torch's intra-op threads, its phases
 // (per layer: the norm; q/k/v; per row and KV head RoPE, the cache write and attention; o; the
 // residual and norm; gate/up with SwiGLU, a run of rows at a time; down and the residual)
-// separated by a barrier, each phase's units taken by whichever thread is free. A step thus
+// separated by a barrier; each thread owns a contiguous share of a phase's units and, done
+// with it, takes units from the back of the others' shares (class Work). A step thus
 // forks the team once instead of once per product and attention (eight times a layer), and the
 // small serial work (quantizing activations, SwiGLU) is spread over the threads or done where
 // it is needed. Every output is computed by the same operations whatever thread takes it, so
