@@ -54,8 +54,8 @@ _KEPT_SUFFIXES = ("_proj.weight", "lm_head.weight", "embed_tokens.weight")
 # 49152 x 576, Q4_0 / Q4_1) in 1.15-1.3x int8's time and 0.45x float's; SmolLM2's own head,
 # 49152 x 576 Q8_0, is bound by reading its 30 MB: int8 and int16 alike, float 10% faster on
 # one core and 10% slower on two (docs/benchmarks.md, "LM head arithmetic").
-# ``head_activations="float"`` is the exact product, ``"int8"`` llama.cpp's arithmetic,
-# token for token.
+# ``head_activations="float"`` is the exact product, ``"int8"`` llama.cpp's rounding of the
+# activations (its sums run in another order, so its tokens can still differ at near-ties).
 HEAD_ACTIVATIONS = "int16"
 HEAD_CHOICES = ("float", "int16", "int8")
 
@@ -560,11 +560,10 @@ def load_gguf_model(
     allocations. ``head_activations`` is how a quantized LM head takes its input (default
     :data:`HEAD_ACTIVATIONS`): ``"float"`` (the exact product), ``"int16"`` (blocks of 32
     quantized to int16: within about 1e-5 of it, near int8's speed) or ``"int8"`` (blocks of
-    32 quantized to int8, as llama.cpp does: its greedy tokens, the fastest head). ``dtype``
-    (default float32)
-    applies to the float tensors. Returns the model
-    (in eval mode) and the open file, whose ``metadata`` holds the tokenizer. Raises
-    :class:`GGUFError` naming the file and the problem.
+    32 quantized to int8, as llama.cpp does, the fastest head). ``dtype`` (default float32)
+    applies to the float tensors. Returns the model (in eval mode) and the open file, whose
+    ``metadata`` holds the tokenizer. Raises :class:`GGUFError` naming the file and the
+    problem.
     """
     if head_activations not in HEAD_CHOICES:
         raise ValueError(
