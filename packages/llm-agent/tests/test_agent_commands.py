@@ -19,8 +19,14 @@ needs_bwrap = pytest.mark.skipif(
 )
 
 
+# without a sandbox, commands are refused for that reason first
+OFF = (
+    "commands are off: pass --allow-commands" if sandbox.bubblewrap() else "no sandbox is available"
+)
+
+
 def test_commands_are_off_by_default(ws_root, outside):
-    with pytest.raises(ToolError, match="commands are off: pass --allow-commands"):
+    with pytest.raises(ToolError, match=OFF):
         Workspace(ws_root).run_command("touch made.txt")
     assert not (ws_root / "made.txt").exists()
     outside.check()
@@ -29,9 +35,10 @@ def test_commands_are_off_by_default(ws_root, outside):
 def test_the_user_says_no(ws_root, outside):
     asked = []
     ws = Workspace(ws_root, approve=lambda c: asked.append(c) or False)
-    with pytest.raises(ToolError, match="did not approve the command: touch made.txt"):
+    refused = "did not approve the command: touch made.txt"
+    with pytest.raises(ToolError, match=refused if sandbox.bubblewrap() else OFF):
         ws.run_command("touch made.txt")
-    assert asked == ["touch made.txt"] or asked == ["[UNCONFINED: no sandbox] touch made.txt"]
+    assert asked == (["touch made.txt"] if sandbox.bubblewrap() else [])
     assert not (ws_root / "made.txt").exists()
     outside.check()
 
