@@ -17,7 +17,7 @@ from llm_tokenizer.gguf import (
     LLAMA_CPP_PRE_TOKENIZERS,
     NORMAL,
 )
-from llm_tokenizer.pretokenizers import BEHAVIORS
+from llm_tokenizer.pretokenizers import BEHAVIORS, FASTER_EQUIVALENTS
 from tokenizers import Regex, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -226,3 +226,29 @@ def test_split_sequences_save_and_load(hf_split_pattern, corpus, tmp_path):
     expected = hf.encode(text, add_special_tokens=False).ids
     assert again.encode(text) == expected
     assert written.encode(text, add_special_tokens=False).ids == expected
+
+
+LETTER = regex.compile(r"\p{L}")
+
+
+def test_a_faster_equivalent_has_only_letters_in_its_class():
+    for original in FASTER_EQUIVALENTS:
+        assert original.startswith(r"\s?[") and original.endswith("]+")
+        letters = regex.compile(original[len(r"\s?") : -1])  # the class
+        members = [
+            chr(c)
+            for c in range(0x110000)
+            if not 0xD800 <= c < 0xE000 and letters.fullmatch(chr(c))
+        ]
+        assert len(members) > 1000 and all(LETTER.fullmatch(m) for m in members)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=0, max_size=60))
+def test_a_faster_equivalent_matches_what_its_pattern_matches(text):
+    mixed = text + " naïve Ελληνικά Кириллица ǅemal ʔa ſ µ 東京 ꙮ 𐐀𐐨 x1 Ŋ\t"
+    for original, faster in FASTER_EQUIVALENTS.items():
+        assert regex.findall(faster, mixed) == regex.findall(original, mixed)
+        assert Split(original).split(mixed) == [
+            piece for piece in regex.split(f"({original})", mixed) if piece
+        ]

@@ -19,7 +19,7 @@ from typing import Literal
 import regex
 
 from llm_tokenizer.errors import TokenizerError
-from llm_tokenizer.patterns import GPT2_PATTERN, PATTERNS
+from llm_tokenizer.patterns import DEEPSEEK_LLM_LETTERS, GPT2_PATTERN, PATTERNS
 
 Behavior = Literal["isolated", "removed", "merged_with_previous", "merged_with_next", "contiguous"]
 BEHAVIORS: tuple[str, ...] = (
@@ -33,6 +33,15 @@ BEHAVIORS: tuple[str, ...] = (
 # HF `Punctuation`: Rust's `is_ascii_punctuation() || is_punctuation()` (Unicode P*), one char each.
 PUNCTUATION_PATTERN = r"[\p{P}!-/:-@\[-`{-~]"
 DIGIT_PATTERN = r"\p{N}"  # HF `Digits` (Rust's char::is_numeric: Nd, Nl, No)
+
+
+# Patterns run as an equivalent that the regex module matches faster (the step keeps, and writes
+# out, the original). deepseek-llm's letters step, a class of some 150 ranges: findall over 3 MB
+# of the stdlib corpus's lines takes 3.3 s with it (1.9 s with deepseek-coder's \s?\p{L}+) and
+# 2.35 s with a \p{L} lookahead in front, which turns the non-letters away before the class is
+# tried. Every member of the class is a letter (checked over every code point in the tests), so
+# the matches are the same.
+FASTER_EQUIVALENTS = {DEEPSEEK_LLM_LETTERS: r"\s?(?=\p{L})" + DEEPSEEK_LLM_LETTERS[len(r"\s?") :]}
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,9 @@ class Split:
             raise TokenizerError(
                 f"unknown Split behavior {self.behavior!r}; expected one of {list(BEHAVIORS)}"
             )
+        source = FASTER_EQUIVALENTS.get(self.pattern, self.pattern)
         try:
-            compiled = regex.compile(self.pattern)
+            compiled = regex.compile(source)
         except regex.error as e:
             raise TokenizerError(
                 f"Split pattern {self.pattern!r} is not a valid regex: {e}"
@@ -60,7 +70,7 @@ class Split:
         # [gap, match, gap, match, ..., gap]. A zero-width match (HF skips those) takes the slow path.
         fast = None
         if self.behavior == "isolated" and not self.invert and compiled.groups == 0:
-            fast = regex.compile(f"({self.pattern})", compiled.flags).split
+            fast = regex.compile(f"({source})", compiled.flags).split
         object.__setattr__(self, "_fast_split", fast)
 
     def to_json(self) -> dict[str, object]:
