@@ -190,30 +190,6 @@ inline __m256i load_block(const BlockRef& r) {
   }
 }
 
-// 8 int32 partial sums of w . x: w unsigned (4-bit) or signed (8-bit), x signed.
-template <int F>
-inline __m256i dot_i8(__m256i w, __m256i x) {
-  __m256i u = w, s = x;
-  if constexpr (!is_4bit(F)) {
-    u = _mm256_sign_epi8(w, w);  // |w|
-    s = _mm256_sign_epi8(x, w);  // x with w's sign
-  }
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-#elif defined(__AVXVNNI__)
-  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
-#else
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-#endif
-}
-
-// Symmetric 4-bit values shifted to -8..7 (float activations), others as they are.
-template <int F, bool Min>
-inline __m256i centred(__m256i w) {
-  if constexpr (is_4bit(F) && !Min) return _mm256_sub_epi8(w, _mm256_set1_epi8(8));
-  return w;
-}
-
 // acc + u . s per group of 4 bytes (u unsigned, s signed).
 inline __m256i dot_acc(__m256i acc, __m256i u, __m256i s) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -223,6 +199,21 @@ inline __m256i dot_acc(__m256i acc, __m256i u, __m256i s) {
 #else
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 #endif
+}
+
+// 8 int32 partial sums of w . x: w unsigned (4-bit) or signed (8-bit), x signed.
+template <int F>
+inline __m256i dot_i8(__m256i w, __m256i x) {
+  if constexpr (is_4bit(F)) return dot_acc(_mm256_setzero_si256(), w, x);
+  // |w| and x with w's sign: maddubs takes its first operand unsigned
+  return dot_acc(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+}
+
+// Symmetric 4-bit values shifted to -8..7 (float activations), others as they are.
+template <int F, bool Min>
+inline __m256i centred(__m256i w) {
+  if constexpr (is_4bit(F) && !Min) return _mm256_sub_epi8(w, _mm256_set1_epi8(8));
+  return w;
 }
 
 // The float16 scales (and mins) of blocks b and b + 1 of row n, converted together:
