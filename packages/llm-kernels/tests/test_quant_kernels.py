@@ -209,6 +209,23 @@ def test_int16_activations_of_zero_tiny_and_huge_blocks():
 
 
 @needs_native
+def test_int8_activations_of_tiny_blocks_are_finite_and_rounded():
+    """Blocks so small that 1 / dx overflows (dx subnormal): divided instead, so the product
+    is finite and near the exact one, not infinities or NaNs rounded to arbitrary ints."""
+    w = random_weight("q8_0", 8, 96, 32, False, seed=15)
+    wd = dequantized("q8_0", w).double()
+    x = torch.randn(2, 96, generator=torch.Generator().manual_seed(16))
+    x[0] *= 1e-38
+    x[0, :32] = 0
+    got = quant.quant_linear(x, format="q8_0", activations="int8", **w)
+    want = x.double() @ wd.T
+    scale = x.double().abs() @ wd.abs().T
+    assert torch.isfinite(got).all()
+    err = ((got.double() - want) / scale).abs().amax(-1)  # (2,)
+    assert err[0] < 5e-2 and err[1] < 1e-2, err
+
+
+@needs_native
 @pytest.mark.parametrize(
     ("format", "group", "with_mins"), [LAYOUTS[0], LAYOUTS[1], LAYOUTS[2], LAYOUTS[6]]
 )

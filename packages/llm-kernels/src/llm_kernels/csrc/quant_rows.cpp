@@ -778,9 +778,13 @@ void quantize_rows(const float* x, int64_t m, int64_t k, bool per_row, int8_t* q
       for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(xb[j]));
     const float d = amax / 127.f;
     const float inv = d != 0.f ? 1.f / d : 0.f;
+    // 1 / d overflows to infinity for blocks under about 4e-37 (d subnormal): those divide,
+    // as quantize_rows16 does, instead of rounding infinities and NaNs
+    const bool tiny = std::isinf(inv);
     int32_t sum = 0;
     for (int j = 0; j < kQK; ++j) {
-      const int8_t q = int8_t(std::lround(xb[j] * inv));
+      const float v = tiny ? xb[j] / d : xb[j] * inv;
+      const int8_t q = int8_t(std::clamp(std::lround(v), -127L, 127L));
       qx[i * kQK + j] = q;
       sum += q;
     }
