@@ -77,7 +77,6 @@ class NativeDecoder:
 
     def __init__(self, model: Any, layers: list[dict[str, Any]]) -> None:
         self.model = model
-        self.layers = layers
         cfg = model.config
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.eps = float(cfg.norm_eps)

@@ -21,10 +21,11 @@ from llm_kernels import quant
 from llm_kernels.reference import BLOCK_BYTES, QK
 from torch import nn
 
-# A layer's activations: a scheme's (llm_quant.schemes.ActivationMode), or "int16" (int16 per
-# block of 32: about 1e-5 of a product, see llm_kernels.quant), which a GGUF model's LM head
-# takes by default.
-LayerActivations = Literal["float", "int8", "dynamic", "int16"]
+from llm_quant.schemes import ActivationMode
+
+# A layer's activations: a scheme's, or "int16" (int16 per block of 32: about 1e-5 of a
+# product, see llm_kernels.quant), which a GGUF model's LM head takes by default.
+LayerActivations = Literal[ActivationMode, "int16"]
 _KERNEL_MODE = {"float": "float", "int8": "int8", "dynamic": "int8-token", "int16": "int16"}
 
 
