@@ -45,6 +45,7 @@ SOURCES = tuple(
     Path(__file__).parent / "csrc" / name
     for name in ("linear_rows.cpp", "attend_rows.cpp", "quant_rows.cpp", "decode_layers.cpp")
 )
+HEADERS = (Path(__file__).parent / "csrc" / "work_share.h",)  # part of the library's key
 
 log = logging.getLogger(__name__)
 error: str | None = None  # why the native kernels are unavailable, once available() said so
@@ -107,7 +108,7 @@ def _cpu_flags() -> str:
 def library_path(compiler: str) -> Path:
     """The cached library for these sources, torch, compiler and CPU (built or not)."""
     key = hashlib.sha256()
-    for source in SOURCES:
+    for source in (*SOURCES, *HEADERS):
         key.update(source.read_bytes())
     for part in (torch.__version__, compiler, _cpu_flags()):
         key.update(part.encode())

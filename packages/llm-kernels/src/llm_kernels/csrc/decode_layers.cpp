@@ -25,7 +25,7 @@
 // (per layer: the norm; q/k/v; per row and KV head RoPE, the cache write and attention; o; the
 // residual and norm; gate/up with SwiGLU, a run of rows at a time; down and the residual)
 // separated by a barrier; each thread owns a contiguous share of a phase's units and, done
-// with it, takes units from the back of the others' shares (class Work). A step thus
+// with it, takes units from the back of the others' shares (work_share.h). A step thus
 // forks the team once instead of once per product and attention (eight times a layer), and the
 // small serial work (quantizing activations, SwiGLU) is spread over the threads or done where
 // it is needed. Every output is computed by the same operations whatever thread takes it, so
@@ -36,6 +36,8 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
+
+#include "work_share.h"
 
 #include <algorithm>
 #include <atomic>
@@ -215,49 +217,6 @@ class Barrier {
   int64_t parties_;
 };
 
-// The units [0, n) of a phase. Each of the region's ids owns a contiguous share and takes it
-// front to back (long sequential reads of the weights, which the hardware prefetches well); a
-// thread done with its own shares takes units from the back of the others', so a thread that
-// the host holds up does not keep the rest waiting (as in linear_rows.cpp).
-class Work {
- public:
-  void init(int64_t n, int64_t ids) {
-    shares_.reset(new Share[ids]);
-    ids_ = ids;
-    for (int64_t t = 0; t < ids; ++t) shares_[t].init(n * t / ids, n * (t + 1) / ids);
-  }
-  template <typename F>
-  void run(int64_t id_begin, int64_t id_end, F&& f) {
-    for (int64_t t = id_begin; t < id_end; ++t)
-      for (int64_t u; (u = shares_[t].take(true)) >= 0;) f(u);
-    for (int64_t t = 0; t < ids_; ++t) {
-      if (t >= id_begin && t < id_end) continue;
-      for (int64_t u; (u = shares_[t].take(false)) >= 0;) f(u);
-    }
-  }
-
- private:
-  // units [front, back) in one atomic word
-  struct alignas(64) Share {
-    std::atomic<uint64_t> range{0};
-    void init(int64_t front, int64_t back) {
-      range.store(uint64_t(front) | (uint64_t(back) << 32), std::memory_order_relaxed);
-    }
-    int64_t take(bool front) {
-      uint64_t r = range.load(std::memory_order_relaxed);
-      for (;;) {
-        const uint64_t f = r & 0xffffffffu, b = r >> 32;
-        if (f >= b) return -1;
-        const uint64_t next = front ? (f + 1) | (b << 32) : f | ((b - 1) << 32);
-        if (range.compare_exchange_weak(r, next, std::memory_order_relaxed))
-          return int64_t(front ? f : b - 1);
-      }
-    }
-  };
-  std::unique_ptr<Share[]> shares_;
-  int64_t ids_ = 0;
-};
-
 // One layer's weights, cache and working buffers (all allocated before the parallel region:
 // nothing in it allocates tensors or throws).
 struct Layer {
@@ -394,7 +353,7 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
   const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), 64));
   Barrier barrier(T);
   constexpr int kPhases = 5;
-  std::unique_ptr<Work[]> work(new Work[kPhases * L]);
+  std::unique_ptr<WorkShares[]> work(new WorkShares[kPhases * L]);
   for (int64_t l = 0; l < L; ++l) {
     const Layer& ly = *layers[l];
     const int64_t units[kPhases] = {int64_t(ly.qkv_parts.size()), B * Hkv,
@@ -408,7 +367,7 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
     const bool first = id_begin == 0;
     for (int64_t l = 0; l < L; ++l) {
       Layer& ly = *layers[l];
-      Work* phase = work.get() + kPhases * l;
+      WorkShares* phase = work.get() + kPhases * l;
       // the attention's norm
       if (first) {
         rms_norm(cur, ly.attn_norm, eps, B, C, ly.h.x.data());

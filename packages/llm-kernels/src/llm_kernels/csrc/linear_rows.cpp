@@ -16,9 +16,10 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "work_share.h"
+
 #include <algorithm>
 #include <cstdint>
-#include <atomic>
 #include <optional>
 #include <vector>
 
@@ -101,34 +102,6 @@ void columns(const float* w, int64_t in, const float* x, int64_t m, float* y, in
   for (; o < end; ++o) block_rows<1>(w + o * in, in, x, m, y + o, out);
 }
 
-// Chunks [front, back) in one atomic word: the owner takes them from the front, other threads
-// from the back.
-struct alignas(64) Share {
-  std::atomic<uint64_t> range{0};
-
-  void init(int64_t front, int64_t back) {
-    range.store(uint64_t(front) | (uint64_t(back) << 32), std::memory_order_relaxed);
-  }
-  int64_t take_front() {
-    uint64_t r = range.load(std::memory_order_relaxed);
-    for (;;) {
-      const uint64_t f = r & 0xffffffffu, b = r >> 32;
-      if (f >= b) return -1;
-      if (range.compare_exchange_weak(r, (f + 1) | (b << 32), std::memory_order_relaxed))
-        return int64_t(f);
-    }
-  }
-  int64_t take_back() {
-    uint64_t r = range.load(std::memory_order_relaxed);
-    for (;;) {
-      const uint64_t f = r & 0xffffffffu, b = r >> 32;
-      if (f >= b) return -1;
-      if (range.compare_exchange_weak(r, f | ((b - 1) << 32), std::memory_order_relaxed))
-        return int64_t(b - 1);
-    }
-  }
-};
-
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "linear_rows: CPU tensors only");
@@ -168,19 +141,11 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
     const int64_t chunk = std::max<int64_t>(4, kChunk / in / 4 * 4);
     const int64_t n = (out + chunk - 1) / chunk;
     const int64_t T = std::min<int64_t>(threads, n);
-    std::vector<Share> shares(T);
-    for (int64_t t = 0; t < T; ++t) shares[t].init(n * t / T, n * (t + 1) / T);
     const auto run = [&](int64_t c) {
       columns(wp, in, xp, m, yp, out, c * chunk, std::min(out, (c + 1) * chunk));
     };
-    at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        for (int64_t c; (c = shares[t].take_front()) >= 0;) run(c);
-      }
-      for (int64_t k = 1; k < T; ++k) {
-        for (int64_t c; (c = shares[(begin + k) % T].take_back()) >= 0;) run(c);
-      }
-    });
+    WorkShares shares(n, T);
+    at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) { shares.run(begin, end, run); });
   }
   if (bias.has_value() && bias->defined()) y.add_(*bias);
   return y;

@@ -40,8 +40,9 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "work_share.h"
+
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -732,34 +733,6 @@ ColumnsFn pick(int64_t format, bool has_mins) {
   }
 }
 
-// Chunks [front, back) in one atomic word: the owner takes them from the front, other threads
-// from the back (as in linear_rows.cpp).
-struct alignas(64) Share {
-  std::atomic<uint64_t> range{0};
-
-  void init(int64_t front, int64_t back) {
-    range.store(uint64_t(front) | (uint64_t(back) << 32), std::memory_order_relaxed);
-  }
-  int64_t take_front() {
-    uint64_t r = range.load(std::memory_order_relaxed);
-    for (;;) {
-      const uint64_t f = r & 0xffffffffu, b = r >> 32;
-      if (f >= b) return -1;
-      if (range.compare_exchange_weak(r, (f + 1) | (b << 32), std::memory_order_relaxed))
-        return int64_t(f);
-    }
-  }
-  int64_t take_back() {
-    uint64_t r = range.load(std::memory_order_relaxed);
-    for (;;) {
-      const uint64_t f = r & 0xffffffffu, b = r >> 32;
-      if (f >= b) return -1;
-      if (range.compare_exchange_weak(r, f | ((b - 1) << 32), std::memory_order_relaxed))
-        return int64_t(b - 1);
-    }
-  }
-};
-
 // Quantize m rows of x per block of 32: qx = round(x / dx) with dx = amax / 127 (ties away
 // from zero, as llama.cpp's quantize_row_q8_0), sx = dx * sum(qx); amax over the block, or
 // over the whole row when per_row.
@@ -943,19 +916,11 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
     const int64_t chunk = std::max<int64_t>(4, kChunkBytes / w.row_bytes / 4 * 4);
     const int64_t n = (out + chunk - 1) / chunk;
     const int64_t T = std::min<int64_t>(threads, n);
-    std::vector<Share> shares(T);
-    for (int64_t t = 0; t < T; ++t) shares[t].init(n * t / T, n * (t + 1) / T);
     const auto run = [&](int64_t c) {
       run_columns(w, a, mr, yp, out, c * chunk, std::min(out, (c + 1) * chunk));
     };
-    at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        for (int64_t c; (c = shares[t].take_front()) >= 0;) run(c);
-      }
-      for (int64_t i = 1; i < T; ++i) {
-        for (int64_t c; (c = shares[(begin + i) % T].take_back()) >= 0;) run(c);
-      }
-    });
+    WorkShares shares(n, T);
+    at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) { shares.run(begin, end, run); });
   }
   if (bias.has_value() && bias->defined()) y.add_(*bias);
   return y;
