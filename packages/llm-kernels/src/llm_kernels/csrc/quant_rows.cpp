@@ -129,11 +129,16 @@ constexpr bool is_4bit(int F) { return F == kQ4_0 || F == kQ4_1 || F == kQ4; }
 // in each row. Measured on the llama-125m shape's decode step (2 threads, weights streamed from
 // DRAM): prefetching into L2 instead of L1 made the Q8_0 step 15% and the Q4_0 step 20-25%
 // faster; 4-bit rows (432 bytes at K = 768) want the prefetch twice as far ahead as Q8_0's
-// (816 bytes), and none at all is slower by a third.
-constexpr int64_t prefetch_distance(int F) { return is_4bit(F) ? 8192 : 4096; }
-template <int F>
+// (816 bytes), and none at all is slower by a third. A Q8_0 row read alone (R = 1, see
+// columns) wants it closer: 1.5 KiB (1 and 2 KiB were within the noise of it, 4 KiB slower).
+template <int F, int R>
+constexpr int64_t prefetch_distance() {
+  if constexpr (is_4bit(F)) return 8192;
+  return R == 1 ? 1536 : 4096;
+}
+template <int F, int R>
 inline void prefetch_ahead(const uint8_t* p) {
-  __builtin_prefetch(p + prefetch_distance(F), 0, 2);
+  __builtin_prefetch(p + prefetch_distance<F, R>(), 0, 2);
 }
 
 // How the activations enter the products (template argument A).
@@ -268,7 +273,7 @@ inline int64_t pairs_4bit(const Weights& w, int64_t n, const Acts& a, __m256 (&a
     for (int r = 0; r < R; ++r) {
       const BlockRef r0 = block_ref<F, Min>(w, n + r, b), r1 = block_ref<F, Min>(w, n + r, b + 1);
       const __m256 h = _mm256_castps128_ps256(pair_scales<F, Min>(w, n + r, b));
-      prefetch_ahead<F>(r0.p);
+      prefetch_ahead<F, R>(r0.p);
       const __m256i v = _mm256_inserti128_si256(
           _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0.p))),
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1.p)), 1);
@@ -333,7 +338,7 @@ inline int64_t pairs_q8(const Weights& w, int64_t n, const Acts& a, __m256 (&acc
     __m256 dv[R];
     for (int r = 0; r < R; ++r) {
       const uint8_t* p = w.q + (n + r) * w.row_bytes + b * 34;
-      prefetch_ahead<kQ8_0>(p);
+      prefetch_ahead<kQ8_0, R>(p);
       w0[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
       w1[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 36));
       if constexpr (kBiased) w0[r] = _mm256_xor_si256(w0[r], bias), w1[r] = _mm256_xor_si256(w1[r], bias);
@@ -463,7 +468,7 @@ inline int64_t pairs_4bit16(const Weights& w, int64_t n, const Acts& a, __m256 (
     __m256i wv[R][4];
     for (int r = 0; r < R; ++r) {
       const BlockRef r0 = block_ref<F, Min>(w, n + r, b), r1 = block_ref<F, Min>(w, n + r, b + 1);
-      prefetch_ahead<F>(r0.p);
+      prefetch_ahead<F, R>(r0.p);
       const __m256i v = _mm256_inserti128_si256(
           _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0.p))),
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1.p)), 1);
@@ -525,7 +530,7 @@ inline int64_t pairs_q8_16(const Weights& w, int64_t n, const Acts& a, __m256 (&
     __m256 dv[R];
     for (int r = 0; r < R; ++r) {
       const uint8_t* p = w.q + (n + r) * w.row_bytes + b * 34;
-      prefetch_ahead<kQ8_0>(p);
+      prefetch_ahead<kQ8_0, R>(p);
       const __m128i* q0 = reinterpret_cast<const __m128i*>(p + 2);
       const __m128i* q1 = reinterpret_cast<const __m128i*>(p + 36);
       wv[r][0] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q0));
@@ -575,7 +580,7 @@ void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
     BlockRef ref[R];
     for (int r = 0; r < R; ++r) {
       ref[r] = block_ref<F, Min>(w, n + r, b);
-      prefetch_ahead<F>(ref[r].p);
+      prefetch_ahead<F, R>(ref[r].p);
     }
     if constexpr (A == kInt16Act) {
       __m256i lo[R], hi[R];
@@ -706,11 +711,22 @@ void tile_rows(const Weights& w, int64_t n, const Acts& a, int64_t m, float* y, 
 }
 
 // Output columns [begin, end): 4 weight rows at a time for one input row (or int16
-// activations, whose 4-bit pairs reduce 4 rows' sums together), 2 for more, then 1.
+// activations, whose 4-bit pairs reduce 4 rows' sums together), 2 for more, then 1. One Q8_0
+// row at a time for one input row with integer activations: the weights are then read as one
+// sequential stream, where four rows side by side make four streams 816 bytes apart, which this
+// machine's prefetchers serve far worse (a 104 MB Q8_0 matrix times one row, 2 threads: 16 GB/s
+// with four rows against 28-33 with one, in a C++ loop of the same arithmetic; the llama-125m
+// Q8_0 decode step's layers 4.5-5.2 ms against 3.0-3.4, its int16 LM head 1.2-1.4 against
+// 0.8-1.0). 4-bit rows are half as long and cost more arithmetic per byte: one at a time was
+// no faster there.
 template <int F, bool Min, int A>
 void columns(const Weights& w, const Acts& a, int64_t m, float* y, int64_t out, int64_t begin,
              int64_t end) {
   int64_t n = begin;
+  if (F == kQ8_0 && m == 1 && A != kFloatAct) {
+    for (; n < end; ++n) tile_rows<F, Min, A, 1>(w, n, a, m, y, out);
+    return;
+  }
   if (m == 1 || A == kInt16Act) {
     for (; n + 4 <= end; n += 4) tile_rows<F, Min, A, 4>(w, n, a, m, y, out);
   } else {
