@@ -52,6 +52,19 @@ def test_linear_rows_is_the_same_on_any_number_of_threads(rows):
 
 
 @needs_native
+@pytest.mark.parametrize("inp", [300, 768, 77])
+def test_linear_rows_gives_a_row_alone_what_it_gives_it_in_a_batch(inp):
+    """One input row takes its own code path (one weight row at a time): each output is still
+    the same sum in the same order as in a batch, so a stream decodes the same tokens alone and
+    beside others (the Engine's batches)."""
+    torch.manual_seed(inp)
+    x, w = torch.randn(5, inp), torch.randn(261, inp)
+    batch = torch.ops.llm_kernels.linear_rows(x, w)
+    for r in range(x.shape[0]):
+        assert torch.equal(torch.ops.llm_kernels.linear_rows(x[r : r + 1], w)[0], batch[r])
+
+
+@needs_native
 def test_linear_rows_keeps_leading_dims_and_reads_strided_inputs():
     torch.manual_seed(0)
     w = torch.randn(96, 64)
