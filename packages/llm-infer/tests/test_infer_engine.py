@@ -51,6 +51,26 @@ def test_engine_matches_llm_generate(llm):
     )
 
 
+def test_engine_decodes_through_the_llms_native_step(llm, monkeypatch):
+    """The engine's decode rows run the LLM's own step (one llm-kernels call for the layers
+    where it serves the model, on the paged cache), not a slower path of their own."""
+    from llm_infer.native_step import NativeDecoder
+
+    if llm.step.kind != "native":
+        pytest.skip("the native step does not serve this model here")
+    calls = []
+    original = NativeDecoder.__call__
+
+    def counted(self, token, position, cache):
+        calls.append((token.shape[0], type(cache).__name__))
+        return original(self, token, position, cache)
+
+    monkeypatch.setattr(NativeDecoder, "__call__", counted)
+    got = run(solo(llm, PROMPTS[2], temperature=0, max_tokens=6, ignore_eos=True))
+    assert len(got.token_ids) == 6
+    assert calls == [(1, "PagedKVCache")] * 5  # the first token comes from the prefill
+
+
 def test_cancelling_one_does_not_disturb_the_others(llm):
     params = dict(temperature=0, max_tokens=24, ignore_eos=True)
     want = [run(solo(llm, p, **params)) for p in PROMPTS[:4]]

@@ -201,6 +201,66 @@ def test_other_caches_decode_through_the_modules():
     assert got.shape == (1, 256)
 
 
+def test_the_engines_paged_cache_gives_the_modules_logits_and_pool():
+    """Rows of different lengths in scattered blocks of one pool (the engine's layout): the
+    native step reads each row's keys through its block table and writes the new ones where
+    the modules write them."""
+    from llm_infer.paged import BlockPool, PagedKVCache
+
+    model = make_model().fuse_projections()
+    decoder = NativeDecoder.for_model(model)
+    pools = [
+        BlockPool(n_layer=2, n_kv_head=2, head_dim=32, num_blocks=12, block_size=4)
+        for _ in range(2)
+    ]
+    tables = [[5, 2, 9, 7], [1, 10, 4]]  # room for 16 and 12 tokens
+    prompts = [list(range(3, 14)), list(range(40, 46))]  # 11 and 6 tokens
+    lengths = [len(p) for p in prompts]
+    worst = 0.0
+    with torch.no_grad():
+        for pool in pools:
+            for table, prompt in zip(tables, prompts, strict=True):
+                cache = PagedKVCache(pool, [table], [0])
+                model(torch.tensor([prompt]), cache, torch.arange(len(prompt)).unsqueeze(0))
+        tokens = torch.tensor([[prompts[0][-1]], [prompts[1][-1]]])
+        for _ in range(4):
+            position = torch.tensor(lengths).unsqueeze(1)  # (2, 1)
+            native_view = PagedKVCache(pools[0], tables, lengths)
+            assert decoder.serves(native_view)
+            ours = decoder(tokens, position, native_view)  # (2, V)
+            theirs = model(tokens, PagedKVCache(pools[1], tables, lengths), position)[:, -1]
+            worst = max(worst, ((ours - theirs).abs().max() / theirs.abs().max()).item())
+            tokens = theirs.argmax(-1, keepdim=True)
+            lengths = [n + 1 for n in lengths]
+    assert worst < 1e-5, worst
+    assert torch.equal(pools[0].positions, pools[1].positions)
+    torch.testing.assert_close(pools[0].k, pools[1].k, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pools[0].v, pools[1].v, atol=1e-5, rtol=1e-5)
+
+
+def test_the_op_rejects_paged_slots_outside_the_pool():
+    model = make_model()
+    decoder = NativeDecoder.for_model(model)
+    ((_, _, w),) = decoder.runs
+    pool = torch.zeros(2, 8, 2, 32)  # (L, P, H_kv, D)
+    x, cos, sin = torch.zeros(2, 1, 128), torch.zeros(2, 16), torch.zeros(2, 16)
+    mask = torch.ones(2, 1, 1, 3, dtype=torch.bool)
+    weights = [w["attn_norms"], w["mlp_norms"], 1e-5, w["qkv"], w["qkv_formats"], w["o"]]
+    weights += [w["o_formats"], w["gate_up"], w["gate_up_formats"], w["down"], w["down_formats"]]
+    op = torch.ops.llm_kernels.decode_layers.default
+    args = [x, *weights, pool.unbind(0), pool.clone().unbind(0), -1, cos, sin, mask, 4, 2, 0.125]
+    slots, write = torch.tensor([[0, 1, 2], [3, 4, 5]]), torch.tensor([2, 5])
+    op(*args, slots, write)  # fits
+    with pytest.raises(RuntimeError, match="slot 8 outside a pool of 8"):
+        op(*args, torch.tensor([[0, 1, 2], [3, 4, 8]]), write)
+    with pytest.raises(RuntimeError, match="write slot -1 outside a pool of 8"):
+        op(*args, slots, torch.tensor([2, -1]))
+    with pytest.raises(RuntimeError, match="needs both slots and write"):
+        op(*args, slots, None)
+    with pytest.raises(RuntimeError, match=r"does not fit \[B\|1, 1, 1, 3\]"):
+        op(*args[:-4], torch.ones(2, 1, 1, 4, dtype=torch.bool), 4, 2, 0.125, slots, write)
+
+
 def test_the_op_names_a_bad_argument():
     model = make_model()
     decoder = NativeDecoder.for_model(model)

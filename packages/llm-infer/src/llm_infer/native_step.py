@@ -11,8 +11,8 @@ mask (computed by the model's own code), the embedding, the final norm and the L
 It serves models whose every block it can compute exactly as the modules do: llm-core's
 ``Transformer`` with RMSNorm, RoPE, SwiGLU and no biases, in float32 on CPU, each projection
 a float ``nn.Linear`` with row-major weights or a layer offering ``native_weight()`` (GGUF
-blocks with int8 activations, llm-quant's ``GGUFLinear``); a static cache. Anything else
-decodes through the modules.
+blocks with int8 activations, llm-quant's ``GGUFLinear``); a static cache, or the engine's paged cache (its block pool, one token per
+row). Anything else decodes through the modules.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from llm_infer.paged import PagedKVCache
 
 Spec = tuple[list[torch.Tensor], list[int]]  # weights and their kernel format codes
 FLOAT = -1  # the format code of float32 row-major weights
@@ -154,10 +156,14 @@ class NativeDecoder:
         return cls(model, layers)
 
     def serves(self, cache: Any) -> bool:
-        """Whether this cache is one the fused layers write (a float32 static cache)."""
-        if getattr(cache, "kind", None) != "static" or getattr(cache, "rope_on_read", False):
+        """Whether this cache is one the fused layers write: a float32 static cache, or a view
+        of the engine's paged block pool (float32) for rows of one token each."""
+        if isinstance(cache, PagedKVCache):
+            k = cache.pool.k
+        elif getattr(cache, "kind", None) == "static" and not getattr(cache, "rope_on_read", False):
+            k = cache.k[0]
+        else:
             return False
-        k = cache.k[0]
         return k.dtype == torch.float32 and k.is_contiguous() and k.device.type == "cpu"
 
     @torch.no_grad()
@@ -168,7 +174,17 @@ class NativeDecoder:
         cos, sin = ctx.rope  # (B, 1, D/2) each
         half = self.head_dim // 2
         cos, sin = cos.reshape(B, half).contiguous(), sin.reshape(B, half).contiguous()
-        slot = cache.length - 1
+        paged = isinstance(cache, PagedKVCache)
+        if paged:
+            write = cache.write_slots  # (B,) the pool rows of this step's keys and values
+            if write is None or write.numel() != B:
+                raise ValueError("the native step takes one real (unpadded) token per row")
+            slot = -1
+            slots = cache.slots  # (B, S) each row's keys, pool rows in order
+            k_caches, v_caches = cache.pool.k.unbind(0), cache.pool.v.unbind(0)
+        else:
+            slot, write, slots = cache.length - 1, None, None
+            k_caches, v_caches = cache.k, cache.v
         x = body.embed_tokens(token)  # (B, 1, C)
         op = torch.ops.llm_kernels.decode_layers.default
         for start, end, w in self.runs:
@@ -185,8 +201,8 @@ class NativeDecoder:
                 w["gate_up_formats"],
                 w["down"],
                 w["down_formats"],
-                cache.k[start:end],
-                cache.v[start:end],
+                k_caches[start:end],
+                v_caches[start:end],
                 slot,
                 cos,
                 sin,
@@ -194,5 +210,7 @@ class NativeDecoder:
                 self.n_head,
                 self.n_kv_head,
                 self.scale,
+                slots,
+                write,
             )  # (B, 1, C)
         return model.lm_head(body.norm(x))[:, -1]  # (B, V)

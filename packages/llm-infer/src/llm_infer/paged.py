@@ -183,6 +183,12 @@ class PagedKVCache:
             self.pool.positions[self._write] = positions[self._valid]
         self._key_positions = self._gather(self.pool.positions)  # (B, S)
 
+    @property
+    def write_slots(self) -> torch.Tensor | None:
+        """The pool rows this call's tokens go to (``[B * T]``, row by row) after
+        :meth:`append`; ``None`` when some tokens are padding."""
+        return self._write if self._all_valid else None
+
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -141,7 +141,7 @@ class Engine:
             prefill_chunk=prefill_chunk,
             prefix_cache=prefix_cache,
         )
-        self.runner = ModelRunner(llm.model, self.pool)
+        self.runner = ModelRunner(llm.model, self.pool, llm.step)
         self.observer = observer
         self._outboxes: dict[Request, asyncio.Queue[str | Completion | BaseException]] = {}
         self._ids = itertools.count()

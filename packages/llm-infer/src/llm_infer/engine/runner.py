@@ -1,13 +1,14 @@
 """The engine's model runner: one :class:`~llm_infer.engine.scheduler.Plan` through the model
-on the paged cache, with the generation core's :func:`~llm_infer.generate.prefill` and
-:func:`~llm_infer.generate.decode_step`. Tensors only: no bookkeeping."""
+on the paged cache, with the generation core's :func:`~llm_infer.generate.prefill` and its
+:class:`~llm_infer.generate.DecodeStep` (the LLM's own: the native step where it serves the
+model). Tensors only: no bookkeeping."""
 
 from __future__ import annotations
 
 import torch
 
 from llm_infer.engine.scheduler import Plan, Request
-from llm_infer.generate import Generation, decode_step, prefill
+from llm_infer.generate import DecodeStep, Generation, prefill
 from llm_infer.paged import BlockPool, PagedKVCache
 from llm_infer.protocols import CausalLM
 
@@ -16,9 +17,10 @@ class ModelRunner:
     """Runs a plan's prompt chunks (one forward each) and its decode rows (one batched
     forward), and samples each request that reached a new token."""
 
-    def __init__(self, model: CausalLM, pool: BlockPool) -> None:
+    def __init__(self, model: CausalLM, pool: BlockPool, step: DecodeStep | None = None) -> None:
         self.model = model
         self.pool = pool
+        self.step = step if step is not None else DecodeStep(model)
 
     @torch.inference_mode()
     def execute(self, plan: Plan) -> list[tuple[Request, str | Exception]]:
@@ -38,7 +40,7 @@ class ModelRunner:
             cache = PagedKVCache(self.pool, [r.blocks for r in rows], [r.computed for r in rows])
             tokens = torch.tensor([[r.tokens[r.computed]] for r in rows], device=device)  # (B, 1)
             positions = torch.tensor([[r.computed] for r in rows], device=device)  # (B, 1)
-            logits = decode_step(model, tokens, cache, positions)  # (B, V)
+            logits = self.step(tokens, positions, cache)  # (B, V)
             for row, request in enumerate(rows):
                 sampled.append((request, _sample(request.generation, logits[row])))
         return sampled

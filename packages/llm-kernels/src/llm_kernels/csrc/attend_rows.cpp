@@ -49,26 +49,35 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// x[j] = dot(q, k + j * ld, n) for j < 4: four independent sums.
-inline void dot4(const float* q, const float* k, int64_t ld, int64_t n, float* x) {
+// x[j] = dot(q, k[j], n) for j < 4: four independent sums.
+inline void dot4(const float* q, const float* const (&k)[4], int64_t n, float* x) {
   vec16 a0{}, a1{}, a2{}, a3{};
   const int64_t body = n - n % kLanes;
   for (int64_t i = 0; i < body; i += kLanes) {
     const vec16 qv = load(q + i);
-    a0 += qv * load(k + i);
-    a1 += qv * load(k + ld + i);
-    a2 += qv * load(k + 2 * ld + i);
-    a3 += qv * load(k + 3 * ld + i);
+    a0 += qv * load(k[0] + i);
+    a1 += qv * load(k[1] + i);
+    a2 += qv * load(k[2] + i);
+    a3 += qv * load(k[3] + i);
   }
   x[0] = hsum(a0); x[1] = hsum(a1); x[2] = hsum(a2); x[3] = hsum(a3);
   for (int64_t i = body; i < n; ++i) {
-    for (int j = 0; j < 4; ++j) x[j] += q[i] * k[j * ld + i];
+    for (int j = 0; j < 4; ++j) x[j] += q[i] * k[j][i];
   }
 }
 
-// out[:n] = sum_s p[s] * v[s * ld : s * ld + n] (out is overwritten).
-inline void weigh_rows(const float* p, const float* v, int64_t ld, int64_t rows, int64_t n,
-                       float* out) {
+// Where the key (and value) rows of one (row, KV head) are: row s at base + index(s) * ld, with
+// index(s) = s (a [.., S, D] tensor: a static cache's slice) or slots[s] (a paged cache's pool,
+// its rows in the order of the row's block table).
+struct KeyRows {
+  const float* base;
+  int64_t ld;
+  const int64_t* slots;  // null: rows in order
+  const float* operator()(int64_t s) const { return base + (slots ? slots[s] : s) * ld; }
+};
+
+// out[:n] = sum_s p[s] * v(s)[:n] (out is overwritten).
+inline void weigh_rows(const float* p, const KeyRows& v, int64_t rows, int64_t n, float* out) {
   constexpr int64_t kChunk = 8;  // vectors held in registers
   const int64_t body = n - n % kLanes;
   for (int64_t c = 0; c < body; c += kChunk * kLanes) {
@@ -77,14 +86,14 @@ inline void weigh_rows(const float* p, const float* v, int64_t ld, int64_t rows,
     for (int64_t s = 0; s < rows; ++s) {
       if (p[s] == 0.f) continue;
       const vec16 pv = vec16{} + p[s];
-      const float* vr = v + s * ld + c;
+      const float* vr = v(s) + c;
       for (int64_t j = 0; j < nv; ++j) acc[j] += pv * load(vr + j * kLanes);
     }
     for (int64_t j = 0; j < nv; ++j) store(out + c + j * kLanes, acc[j]);
   }
   for (int64_t i = body; i < n; ++i) {
     float a = 0.f;
-    for (int64_t s = 0; s < rows; ++s) a += p[s] * v[s * ld + i];
+    for (int64_t s = 0; s < rows; ++s) a += p[s] * v(s)[i];
     out[i] = a;
   }
 }
@@ -155,19 +164,22 @@ void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 }
 
 // The units [begin, end) of (row, KV head, query), u = (b * H_kv + hk) * T + t, into y
-// (contiguous [B, H, T, D]); arguments checked by check_args. Allocates only its scratch.
+// (contiguous [B, H, T, D]); arguments checked by check_args. With `slots` ([B, S] int64), k
+// and v are a paged cache's pools seen as [1, H_kv, P, D] and row b's key s is pool row
+// slots[b * S + s] (S: the mask's last size). Allocates only its scratch.
 void attend_units(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  const at::Tensor& mask, double scale, float* yp, int64_t begin, int64_t end) {
+                  const at::Tensor& mask, double scale, float* yp, int64_t begin, int64_t end,
+                  const int64_t* slots = nullptr) {
   const int64_t H = q.size(1), T = q.size(2), D = q.size(3);
-  const int64_t Hkv = k.size(1), S = k.size(2);
+  const int64_t Hkv = k.size(1), S = slots ? mask.size(3) : k.size(2);
   const int64_t G = H / Hkv;
   const float* qp = q.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   const bool* mp = mask.data_ptr<bool>();
   const int64_t qs0 = q.stride(0), qs1 = q.stride(1), qs2 = q.stride(2);
-  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
-  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
+  const int64_t ks0 = slots ? 0 : k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
+  const int64_t vs0 = slots ? 0 : v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
   const int64_t ms0 = mask.size(0) == 1 ? 0 : mask.stride(0), ms2 = mask.stride(2), ms3 = mask.stride(3);
   const float sc = static_cast<float>(scale);
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -176,8 +188,9 @@ void attend_units(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   std::vector<const float*> qs(G);
   for (int64_t u = begin; u < end; ++u) {
     const int64_t t = u % T, hk = (u / T) % Hkv, b = u / (T * Hkv);
-    const float* kb = kp + b * ks0 + hk * ks1;
-    const float* vb = vp + b * vs0 + hk * vs1;
+    const int64_t* row_slots = slots ? slots + b * S : nullptr;
+    const KeyRows kr{kp + b * ks0 + hk * ks1, ks2, row_slots};
+    const KeyRows vr{vp + b * vs0 + hk * vs1, vs2, row_slots};
     const bool* mrow = mp + b * ms0 + t * ms2;
     for (int64_t g = 0; g < G; ++g) {
       qs[g] = qp + b * qs0 + (hk * G + g) * qs1 + t * qs2;
@@ -186,10 +199,10 @@ void attend_units(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     // scores: four keys at a time (independent sums), each key read once for the group
     int64_t s = 0;
     for (; s + 4 <= S; s += 4) {
-      const float* k0 = kb + s * ks2;
+      const float* const k4[4] = {kr(s), kr(s + 1), kr(s + 2), kr(s + 3)};
       for (int64_t g = 0; g < G; ++g) {
         float x[4];
-        dot4(qs[g], k0, ks2, D, x);
+        dot4(qs[g], k4, D, x);
         for (int j = 0; j < 4; ++j) {
           x[j] = mrow[(s + j) * ms3] ? x[j] * sc : kNegInf;
           scores[g * S + s + j] = x[j];
@@ -200,7 +213,7 @@ void attend_units(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     for (; s < S; ++s) {
       const bool seen = mrow[s * ms3];
       for (int64_t g = 0; g < G; ++g) {
-        const float x = seen ? dot(qs[g], kb + s * ks2, D) * sc : kNegInf;
+        const float x = seen ? dot(qs[g], kr(s), D) * sc : kNegInf;
         scores[g * S + s] = x;
         maxes[g] = std::max(maxes[g], x);
       }
@@ -216,7 +229,7 @@ void attend_units(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       for (int64_t s = 0; s < S; ++s) sg[s] *= inv;
     }
     // values: each head's output in registers, 128 columns at a time
-    for (int64_t g = 0; g < G; ++g) weigh_rows(scores.data() + g * S, vb, vs2, S, D, outs + g * T * D);
+    for (int64_t g = 0; g < G; ++g) weigh_rows(scores.data() + g * S, vr, S, D, outs + g * T * D);
   }
 }
 
@@ -253,4 +266,12 @@ void llm_kernels_attend_units(const at::Tensor& q, const at::Tensor& k, const at
                               const at::Tensor& mask, double scale, float* y, int64_t begin,
                               int64_t end) {
   attend_units(q, k, v, mask, scale, y, begin, end);
+}
+// The same over a paged cache's pools k, v ([1, H_kv, P, D] views, unit stride along D) for
+// queries q [B, H, 1, D]: row b's keys are pool rows slots[b * S + s], s < S (mask: bool
+// [B|1, 1, 1, S]); the caller checks the slots against P.
+void llm_kernels_attend_units_paged(const at::Tensor& q, const at::Tensor& k,
+                                    const at::Tensor& v, const at::Tensor& mask, double scale,
+                                    const int64_t* slots, float* y, int64_t begin, int64_t end) {
+  attend_units(q, k, v, mask, scale, y, begin, end, slots);
 }

@@ -1,9 +1,11 @@
 // llm_kernels::decode_layers(x, attn_norms, mlp_norms, eps, qkv, qkv_formats, o, o_formats,
 //                            gate_up, gate_up_formats, down, down_formats, k_caches, v_caches,
-//                            slot, cos, sin, mask, n_head, n_kv_head, scale) -> x'
+//                            slot, cos, sin, mask, n_head, n_kv_head, scale, slots=None,
+//                            write=None) -> x'
 //
 // One decode step through L Llama-style blocks (pre-norm RMSNorm, RoPE attention with grouped
-// query heads over a static KV cache, SwiGLU MLP, no biases) for B rows of one token each:
+// query heads over a static or paged KV cache, SwiGLU MLP, no biases) for B rows of one token
+// each:
 //
 //   h = rms_norm(x) ; q, k, v = h Wq, h Wk, h Wv ; rotate q, k ; cache[slot] = k, v
 //   x = x + attend(q, cache[:slot + 1]) Wo ; h = rms_norm(x) ; x = x + (silu(h Wg) * h Wu) Wd
@@ -18,8 +20,12 @@
 // Per layer l (lists hold the layers in order): attn_norms[l], mlp_norms[l]; qkv: [Wq, Wk, Wv]
 // or one fused [Wqkv] (rows q, then k, then v) per layer, the same count for every layer;
 // gate_up: [Wg, Wu] or one fused [Wgu] (gate rows, then up rows) per layer; o[l], down[l];
-// a format code for each weight. x: [B, 1, C] float32 (not modified); caches: [B, H_kv, S, D]
-// float32 contiguous, written at `slot`; cos, sin: [B, D/2]; mask: bool [B|1, 1, 1, slot + 1].
+// a format code for each weight. x: [B, 1, C] float32 (not modified); cos, sin: [B, D/2].
+// Static caches: [B, H_kv, S, D] float32 contiguous, written at `slot`; mask: bool
+// [B|1, 1, 1, slot + 1]. Paged caches (llm_infer's block pool; `slots` given): each layer's
+// pool [P, H_kv, D] float32 contiguous; slots: int64 [B, S], row b's keys in order (pool rows);
+// write: int64 [B], the pool row of each row's new key and value; mask: bool [B|1, 1, 1, S];
+// `slot` unused.
 //
 // Threads: the whole step is one parallel region of torch's intra-op threads, its phases
 // (per layer: the norm; q/k/v; per row and KV head RoPE, the cache write and attention; o; the
@@ -62,6 +68,9 @@ void llm_kernels_attend_check(const at::Tensor& q, const at::Tensor& k, const at
 void llm_kernels_attend_units(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& mask, double scale, float* y, int64_t begin,
                               int64_t end);
+void llm_kernels_attend_units_paged(const at::Tensor& q, const at::Tensor& k,
+                                    const at::Tensor& v, const at::Tensor& mask, double scale,
+                                    const int64_t* slots, float* y, int64_t begin, int64_t end);
 
 namespace {
 
@@ -225,7 +234,7 @@ struct Layer {
   std::vector<Matrix> qkv, o, gate_up, down;  // the parts below point into these
   std::vector<Part> qkv_parts, o_parts, down_parts;
   int64_t f = 0, gu_step = 0, gu_units = 0;
-  at::Tensor keys, values;  // the cache's first slot + 1 positions
+  at::Tensor keys, values;  // static: the cache's first slot + 1 positions; paged: the pools
   float* kc = nullptr;
   float* vc = nullptr;
   std::vector<float> qkv_out, attn, gu, mlp;
@@ -242,7 +251,8 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
                          at::IntArrayRef down_formats, at::TensorList k_caches,
                          at::TensorList v_caches, int64_t slot, const at::Tensor& cos,
                          const at::Tensor& sin, const at::Tensor& mask, int64_t n_head,
-                         int64_t n_kv_head, double scale) {
+                         int64_t n_kv_head, double scale, const std::optional<at::Tensor>& slots,
+                         const std::optional<at::Tensor>& write) {
   TORCH_CHECK(x.dim() == 3 && x.size(1) == 1 && x.scalar_type() == at::kFloat && x.is_cpu(),
               kOp, "x must be float32 [B, 1, C] on CPU, got ", x.sizes());
   const int64_t B = x.size(0), C = x.size(2);
@@ -263,9 +273,40 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
   TORCH_CHECK(n_kv_head > 0 && n_head > 0 && n_head % n_kv_head == 0, kOp, n_head,
               " heads do not share ", n_kv_head, " KV heads evenly");
   const at::Tensor& k0 = k_caches[0];
-  TORCH_CHECK(k0.dim() == 4, kOp, "caches must be contiguous float32 [B, H_kv, S, D]");
-  const int64_t S = k0.size(2), D = k0.size(3);
-  TORCH_CHECK(slot >= 0 && slot < S, kOp, "slot ", slot, " outside a cache of ", S);
+  const bool paged = slots.has_value() && slots->defined();
+  TORCH_CHECK(paged == (write.has_value() && write->defined()), kOp,
+              "a paged cache needs both slots and write");
+  // static: S cache positions; paged: P pool rows, S keys per row
+  int64_t S = 0, D = 0, P = 0;
+  const int64_t* slot_rows = nullptr;
+  const int64_t* write_rows = nullptr;
+  if (paged) {
+    TORCH_CHECK(k0.dim() == 3, kOp, "paged caches must be contiguous float32 [P, H_kv, D]");
+    P = k0.size(0), D = k0.size(2);
+    TORCH_CHECK(slots->dim() == 2 && slots->size(0) == B && slots->scalar_type() == at::kLong &&
+                    slots->is_contiguous() && slots->is_cpu(),
+                kOp, "slots must be contiguous int64 [B, S] on CPU, got ", slots->sizes());
+    TORCH_CHECK(write->dim() == 1 && write->size(0) == B && write->scalar_type() == at::kLong &&
+                    write->is_contiguous() && write->is_cpu(),
+                kOp, "write must be contiguous int64 [B] on CPU, got ", write->sizes());
+    S = slots->size(1);
+    slot_rows = slots->data_ptr<int64_t>();
+    write_rows = write->data_ptr<int64_t>();
+    for (int64_t i = 0; i < B * S; ++i)
+      TORCH_CHECK(slot_rows[i] >= 0 && slot_rows[i] < P, kOp, "slot ", slot_rows[i],
+                  " outside a pool of ", P);
+    for (int64_t b = 0; b < B; ++b)
+      TORCH_CHECK(write_rows[b] >= 0 && write_rows[b] < P, kOp, "write slot ", write_rows[b],
+                  " outside a pool of ", P);
+    TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 4 && mask.is_cpu() &&
+                    (mask.size(0) == 1 || mask.size(0) == B) && mask.size(1) == 1 &&
+                    mask.size(2) == 1 && mask.size(3) == S,
+                kOp, "mask ", mask.sizes(), " does not fit [B|1, 1, 1, ", S, "]");
+  } else {
+    TORCH_CHECK(k0.dim() == 4, kOp, "caches must be contiguous float32 [B, H_kv, S, D]");
+    S = k0.size(2), D = k0.size(3);
+    TORCH_CHECK(slot >= 0 && slot < S, kOp, "slot ", slot, " outside a cache of ", S);
+  }
   TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.numel() == B * D / 2 &&
                   sin.numel() == B * D / 2 && cos.scalar_type() == at::kFloat &&
                   sin.scalar_type() == at::kFloat,
@@ -281,12 +322,21 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor& kc = k_caches[l];
     const at::Tensor& vc = v_caches[l];
-    TORCH_CHECK(kc.dim() == 4 && kc.sizes() == vc.sizes() && kc.is_contiguous() &&
-                    vc.is_contiguous() && kc.scalar_type() == at::kFloat &&
-                    vc.scalar_type() == at::kFloat && kc.size(2) == S && kc.size(3) == D,
-                kOp, "caches must be contiguous float32 [B, H_kv, S, D] alike in every layer");
-    TORCH_CHECK(kc.size(0) == B && kc.size(1) == Hkv && D % 2 == 0, kOp, "cache ", kc.sizes(),
-                " does not fit ", B, " rows of ", Hkv, " KV heads");
+    TORCH_CHECK(kc.sizes() == vc.sizes() && kc.is_contiguous() && vc.is_contiguous() &&
+                    kc.is_cpu() && vc.is_cpu() && kc.scalar_type() == at::kFloat &&
+                    vc.scalar_type() == at::kFloat,
+                kOp, "caches must be contiguous float32 CPU tensors, keys and values alike");
+    if (paged) {
+      TORCH_CHECK(kc.dim() == 3 && kc.size(0) == P && kc.size(1) == Hkv && kc.size(2) == D &&
+                      D % 2 == 0,
+                  kOp, "pool ", kc.sizes(), " does not fit [", P, ", ", Hkv, ", ", D,
+                  "] (alike in every layer, an even head size)");
+    } else {
+      TORCH_CHECK(kc.dim() == 4 && kc.size(2) == S && kc.size(3) == D, kOp,
+                  "caches must be [B, H_kv, S, D] alike in every layer");
+      TORCH_CHECK(kc.size(0) == B && kc.size(1) == Hkv && D % 2 == 0, kOp, "cache ", kc.sizes(),
+                  " does not fit ", B, " rows of ", Hkv, " KV heads");
+    }
     const at::Tensor& an = attn_norms[l];
     const at::Tensor& mn = mlp_norms[l];
     TORCH_CHECK(an.numel() == C && mn.numel() == C && an.scalar_type() == at::kFloat &&
@@ -324,9 +374,14 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
     ly.o = {o_m};
     ly.gate_up = std::move(gu_m);
     ly.down = {down_m};
-    ly.keys = kc.narrow(2, 0, slot + 1);
-    ly.values = vc.narrow(2, 0, slot + 1);
-    llm_kernels_attend_check(q, ly.keys, ly.values, mask);
+    if (paged) {
+      ly.keys = kc.permute({1, 0, 2}).unsqueeze(0);  // [1, H_kv, P, D]
+      ly.values = vc.permute({1, 0, 2}).unsqueeze(0);
+    } else {
+      ly.keys = kc.narrow(2, 0, slot + 1);
+      ly.values = vc.narrow(2, 0, slot + 1);
+      llm_kernels_attend_check(q, ly.keys, ly.values, mask);
+    }
     ly.kc = kc.data_ptr<float>();
     ly.vc = vc.data_ptr<float>();
     ly.qkv_out.resize(B * qkv_ld);
@@ -389,12 +444,18 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
         float* qb = qp + (b * H + hk * G) * D;
         std::copy(row + hk * G * D, row + (hk + 1) * G * D, qb);
         rotate(qb, G, D, cb, sb);
-        float* kdst = ly.kc + ((b * Hkv + hk) * S + slot) * D;
-        float* vdst = ly.vc + ((b * Hkv + hk) * S + slot) * D;
+        const int64_t at = paged ? (write_rows[b] * Hkv + hk) * D : ((b * Hkv + hk) * S + slot) * D;
+        float* kdst = ly.kc + at;
+        float* vdst = ly.vc + at;
         std::copy(row + qd + hk * D, row + qd + (hk + 1) * D, kdst);
         std::copy(row + qd + kvd + hk * D, row + qd + kvd + (hk + 1) * D, vdst);
         rotate(kdst, 1, D, cb, sb);
-        llm_kernels_attend_units(q, ly.keys, ly.values, mask, scale, ly.y.x.data(), u, u + 1);
+        if (paged) {
+          llm_kernels_attend_units_paged(q, ly.keys, ly.values, mask, scale, slot_rows,
+                                         ly.y.x.data(), u, u + 1);
+        } else {
+          llm_kernels_attend_units(q, ly.keys, ly.values, mask, scale, ly.y.x.data(), u, u + 1);
+        }
         if (y_by_unit) ly.y.quantize(b, hk * G * D / kQK, (hk + 1) * G * D / kQK);
       });
       barrier.arrive(ids);
@@ -464,7 +525,8 @@ TORCH_LIBRARY_FRAGMENT(llm_kernels, lib) {
       "decode_layers(Tensor x, Tensor[] attn_norms, Tensor[] mlp_norms, float eps, Tensor[] qkv, "
       "int[] qkv_formats, Tensor[] o, int[] o_formats, Tensor[] gate_up, int[] gate_up_formats, "
       "Tensor[] down, int[] down_formats, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, int slot, "
-      "Tensor cos, Tensor sin, Tensor mask, int n_head, int n_kv_head, float scale) -> Tensor");
+      "Tensor cos, Tensor sin, Tensor mask, int n_head, int n_kv_head, float scale, "
+      "Tensor? slots=None, Tensor? write=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llm_kernels, CPU, lib) { lib.impl("decode_layers", &decode_layers); }
