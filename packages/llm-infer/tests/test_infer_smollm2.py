@@ -14,7 +14,13 @@ PROMPTS = [
     "What is the capital of France?",
     "Write a haiku about the sea.",
     "Explain in one sentence what a CPU does.",
+    "Name three primary colors.",
 ]
+# The capital question's first token is a near-tie (llama.cpp's int8 activations answer
+# "L'Étoile, ..." where the float reference, transformers' GGUF loader, and we answer "The
+# capital of France is Paris."): it must agree with llama.cpp only where rounding cannot
+# decide it. The other three chat prompts must agree for their first AGREE_AT_LEAST tokens.
+NEAR_TIE_PROMPTS = {PROMPTS[0]}
 AGREE_AT_LEAST = 16  # llama.cpp quantizes activations to 8 bits, so a late divergence is allowed
 GREEDY_TOKENS = 32
 NEAR_TIE = 0.01  # llama.cpp's lead over our token, of its largest logit: rounding decides it
@@ -69,6 +75,7 @@ def test_tokenization_and_greedy_match_llama_cpp(smollm2, cpp, prompt):
     print(f"{prompt!r}: {agree} of {GREEDY_TOKENS} greedy tokens agree")  # see -s / the report
     if agree >= AGREE_AT_LEAST:
         return
+    assert prompt in NEAR_TIE_PROMPTS, (agree, ours, theirs)
     # An early difference must be a near-tie in llama.cpp's own logits, and our LM head with
     # llama.cpp's arithmetic (int8 activations) must then give llama.cpp's tokens.
     row = torch.tensor(cpp.scores[len(ids) - 1 + agree])
