@@ -14,8 +14,8 @@ from llm_infer.protocols import CausalLM
 
 
 class ModelRunner:
-    """Runs a plan's prompt chunks (one forward each) and its decode rows (one batched
-    forward), and samples each request that reached a new token."""
+    """Runs a plan's prompt chunks (one batched forward) and its decode rows (one batched
+    step), and samples each request that reached a new token."""
 
     def __init__(self, model: CausalLM, pool: BlockPool, step: DecodeStep | None = None) -> None:
         self.model = model
@@ -28,13 +28,27 @@ class ModelRunner:
         fails that request alone), per request that sampled."""
         model, device = self.model, self.model.device
         sampled: list[tuple[Request, str | Exception]] = []
-        for request, start, end in plan.prefills:
-            cache = PagedKVCache(self.pool, [request.blocks], [start])
-            tokens = torch.tensor([request.prompt[start:end]], device=device)  # (1, t)
-            positions = torch.arange(start, end, device=device).unsqueeze(0)  # (1, t)
-            logits = prefill(model, tokens, cache, positions, chunk=end - start)  # (1, V)
-            if end == len(request.prompt):
-                sampled.append((request, _sample(request.generation, logits[0])))
+        if plan.prefills:
+            # every prompt chunk of the plan in one forward: rows left-padded to the longest
+            # (padding has position -1: nothing of it is written or seen), so that each row's
+            # last column is its last token; eight 32-token chunks take about half the time of
+            # eight forwards
+            rows = plan.prefills
+            width = max(end - start for _, start, end in rows)
+            tokens = torch.zeros(len(rows), width, dtype=torch.long)  # (P, t)
+            positions = torch.full((len(rows), width), -1, dtype=torch.long)  # (P, t)
+            for i, (request, start, end) in enumerate(rows):
+                tokens[i, width - (end - start) :] = torch.tensor(request.prompt[start:end])
+                positions[i, width - (end - start) :] = torch.arange(start, end)
+            cache = PagedKVCache(
+                self.pool, [r.blocks for r, _, _ in rows], [start for _, start, _ in rows]
+            )
+            logits = prefill(
+                model, tokens.to(device), cache, positions.to(device), chunk=width
+            )  # (P, V)
+            for i, (request, _, end) in enumerate(rows):
+                if end == len(request.prompt):
+                    sampled.append((request, _sample(request.generation, logits[i])))
         if plan.decodes:
             rows = plan.decodes
             cache = PagedKVCache(self.pool, [r.blocks for r in rows], [r.computed for r in rows])
