@@ -242,7 +242,7 @@ def test_the_op_rejects_paged_slots_outside_the_pool():
     model = make_model()
     decoder = NativeDecoder.for_model(model)
     ((_, _, w),) = decoder.runs
-    pool = torch.zeros(2, 8, 2, 32)  # (L, P, H_kv, D)
+    pool = torch.zeros(2, 2, 8, 32)  # (L, H_kv, P, D)
     x, cos, sin = torch.zeros(2, 1, 128), torch.zeros(2, 16), torch.zeros(2, 16)
     mask = torch.ones(2, 1, 1, 3, dtype=torch.bool)
     weights = [w["attn_norms"], w["mlp_norms"], 1e-5, w["qkv"], w["qkv_formats"], w["o"]]

@@ -30,6 +30,10 @@ def block_hashes(tokens: Sequence[int], block_size: int, n_blocks: int) -> list[
 class BlockPool:
     """Keys, values and positions of ``num_blocks`` blocks of ``block_size`` tokens, every layer.
 
+    Keys and values are ``[layers, KV heads, slots, head_dim]``: one KV head's keys of a block
+    lie side by side, as attention reads them (a slot-major pool spread each key over
+    ``KV heads x head_dim`` and made the engine's native decode step about 5% slower).
+
     Block bookkeeping (refcounts, free list, prefix cache) is plain Python; the engine calls it
     from one thread.
     """
@@ -53,9 +57,9 @@ class BlockPool:
         self.num_blocks = num_blocks
         slots = num_blocks * block_size
         self.k = torch.zeros(
-            n_layer, slots, n_kv_head, head_dim, dtype=dtype, device=device
-        )  # (L, N*bs, H_kv, D)
-        self.v = torch.zeros_like(self.k)  # (L, N*bs, H_kv, D)
+            n_layer, n_kv_head, slots, head_dim, dtype=dtype, device=device
+        )  # (L, H_kv, N*bs, D)
+        self.v = torch.zeros_like(self.k)  # (L, H_kv, N*bs, D)
         self.positions = torch.full((slots,), EMPTY, dtype=torch.long, device=device)  # (N*bs,)
         self.refcount = [0] * num_blocks
         self.free: deque[int] = deque(range(1, num_blocks))
@@ -194,17 +198,21 @@ class PagedKVCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this call's ``k``, ``v`` (``[B, H_kv, T, D]``) for ``layer``; return every row's
         keys and values ``[B, H_kv, S, D]``."""
-        k_pool, v_pool = self.pool.k[layer], self.pool.v[layer]  # (N*bs, H_kv, D)
+        k_pool, v_pool = self.pool.k[layer], self.pool.v[layer]  # (H_kv, N*bs, D)
         k_new, v_new = k.transpose(1, 2), v.transpose(1, 2)  # (B, T, H_kv, D)
         if self._all_valid:
             k_new, v_new = k_new.flatten(0, 1), v_new.flatten(0, 1)  # (N, H_kv, D)
         else:
             k_new, v_new = k_new[self._valid], v_new[self._valid]  # (N, H_kv, D)
-        k_pool.index_copy_(0, self._write, k_new)
-        v_pool.index_copy_(0, self._write, v_new)
-        keys = self._gather(k_pool).transpose(1, 2)  # (B, H_kv, S, D)
-        values = self._gather(v_pool).transpose(1, 2)  # (B, H_kv, S, D)
-        return keys, values
+        k_pool.index_copy_(1, self._write, k_new.transpose(0, 1))
+        v_pool.index_copy_(1, self._write, v_new.transpose(0, 1))
+        return self._gather_heads(k_pool), self._gather_heads(v_pool)  # (B, H_kv, S, D) each
+
+    def _gather_heads(self, pool: torch.Tensor) -> torch.Tensor:
+        """``pool[:, self.slots]`` as ``[B, H_kv, S, D]`` for a layer's ``[H_kv, slots, D]``."""
+        B, S = self.slots.shape
+        rows = pool.index_select(1, self.slots.flatten())  # (H_kv, B*S, D)
+        return rows.view(pool.shape[0], B, S, pool.shape[2]).transpose(0, 1)
 
     def _gather(self, pool: torch.Tensor) -> torch.Tensor:
         """``pool[self.slots]`` (``[B, S, ...]``) through index_select, which is faster on CPU."""

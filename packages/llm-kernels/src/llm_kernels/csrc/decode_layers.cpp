@@ -23,7 +23,7 @@
 // a format code for each weight. x: [B, 1, C] float32 (not modified); cos, sin: [B, D/2].
 // Static caches: [B, H_kv, S, D] float32 contiguous, written at `slot`; mask: bool
 // [B|1, 1, 1, slot + 1]. Paged caches (llm_infer's block pool; `slots` given): each layer's
-// pool [P, H_kv, D] float32 contiguous; slots: int64 [B, S], row b's keys in order (pool rows);
+// pool [H_kv, P, D] float32 contiguous; slots: int64 [B, S], row b's keys in order (pool rows);
 // write: int64 [B], the pool row of each row's new key and value; mask: bool [B|1, 1, 1, S];
 // `slot` unused.
 //
@@ -281,8 +281,8 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
   const int64_t* slot_rows = nullptr;
   const int64_t* write_rows = nullptr;
   if (paged) {
-    TORCH_CHECK(k0.dim() == 3, kOp, "paged caches must be contiguous float32 [P, H_kv, D]");
-    P = k0.size(0), D = k0.size(2);
+    TORCH_CHECK(k0.dim() == 3, kOp, "paged caches must be contiguous float32 [H_kv, P, D]");
+    P = k0.size(1), D = k0.size(2);
     TORCH_CHECK(slots->dim() == 2 && slots->size(0) == B && slots->scalar_type() == at::kLong &&
                     slots->is_contiguous() && slots->is_cpu(),
                 kOp, "slots must be contiguous int64 [B, S] on CPU, got ", slots->sizes());
@@ -327,9 +327,9 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
                     vc.scalar_type() == at::kFloat,
                 kOp, "caches must be contiguous float32 CPU tensors, keys and values alike");
     if (paged) {
-      TORCH_CHECK(kc.dim() == 3 && kc.size(0) == P && kc.size(1) == Hkv && kc.size(2) == D &&
+      TORCH_CHECK(kc.dim() == 3 && kc.size(0) == Hkv && kc.size(1) == P && kc.size(2) == D &&
                       D % 2 == 0,
-                  kOp, "pool ", kc.sizes(), " does not fit [", P, ", ", Hkv, ", ", D,
+                  kOp, "pool ", kc.sizes(), " does not fit [", Hkv, ", ", P, ", ", D,
                   "] (alike in every layer, an even head size)");
     } else {
       TORCH_CHECK(kc.dim() == 4 && kc.size(2) == S && kc.size(3) == D, kOp,
@@ -375,8 +375,8 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
     ly.gate_up = std::move(gu_m);
     ly.down = {down_m};
     if (paged) {
-      ly.keys = kc.permute({1, 0, 2}).unsqueeze(0);  // [1, H_kv, P, D]
-      ly.values = vc.permute({1, 0, 2}).unsqueeze(0);
+      ly.keys = kc.unsqueeze(0);  // [1, H_kv, P, D]
+      ly.values = vc.unsqueeze(0);
     } else {
       ly.keys = kc.narrow(2, 0, slot + 1);
       ly.values = vc.narrow(2, 0, slot + 1);
@@ -444,7 +444,7 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
         float* qb = qp + (b * H + hk * G) * D;
         std::copy(row + hk * G * D, row + (hk + 1) * G * D, qb);
         rotate(qb, G, D, cb, sb);
-        const int64_t at = paged ? (write_rows[b] * Hkv + hk) * D : ((b * Hkv + hk) * S + slot) * D;
+        const int64_t at = paged ? (hk * P + write_rows[b]) * D : ((b * Hkv + hk) * S + slot) * D;
         float* kdst = ly.kc + at;
         float* vdst = ly.vc + at;
         std::copy(row + qd + hk * D, row + qd + (hk + 1) * D, kdst);
