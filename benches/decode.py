@@ -33,7 +33,7 @@ import llm_kernels
 import numpy as np
 import torch
 from llm_core import ModelConfig, Transformer
-from llm_infer import LLM, load
+from llm_infer import LLM
 from llm_infer.bench import greedy, measure_engine, random_prompt
 from llm_tokenizer import Tokenizer, bytes_to_unicode
 
@@ -264,8 +264,10 @@ def main() -> None:
     n_new = args.new_tokens
 
     if args.model == "smollm2":
-        model = load("smollm2", compile=False).model
-        model.float()
+        from llm_infer.load import smollm2_path
+        from llm_quant.gguf import load_gguf_model
+
+        model, _ = load_gguf_model(smollm2_path(), quantized=False)  # float weights, tied head
     else:
         model = build_model()
     cfg = model.config
