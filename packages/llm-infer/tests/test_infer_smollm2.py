@@ -124,3 +124,22 @@ def test_llm_quant_inspect_and_validate(capsys):
     assert result["next_token_matches"] and result["max_rel_diff"] < 0.05
     # all 16 greedy tokens, or a first difference where llama.cpp's own logits nearly tie
     assert result["agree"] == 16 or result["tie_margin"] < NEAR_TIE, result
+
+
+def test_llm_quant_report_reads_the_files_own_tokenizer(tmp_path, capsys):
+    """``llm-quant report FILE.gguf --text`` tokenizes with the vocabulary inside the file (it
+    used to ask for a tokenizer.json beside it) and reports the perplexity change."""
+    from llm_quant.cli import _held_out_tokens, build_parser, main
+    from llm_quant.gguf import GGUFFile
+    from llm_tokenizer import Tokenizer
+
+    text = tmp_path / "held_out.txt"
+    text.write_text("Paris is the capital and largest city of France. " * 12, encoding="utf-8")
+    argv = ["report", str(smollm2_path()), "--text", str(text), "--scheme", "int8"]
+    argv += ["--rows", "1", "--length", "64"]
+    ids = _held_out_tokens(build_parser().parse_args(argv), None)
+    tokenizer = Tokenizer.from_gguf(GGUFFile(smollm2_path()).metadata)
+    assert ids.flatten().tolist() == tokenizer.encode(text.read_text(encoding="utf-8"))[:64]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "int8" in out and "->" in out  # perplexity before -> after

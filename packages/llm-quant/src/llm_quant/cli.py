@@ -45,8 +45,8 @@ def _load_float(src: str) -> Transformer:
 
 
 def _held_out_tokens(args: argparse.Namespace, model: Transformer) -> torch.Tensor:
-    """``[B, T]`` token ids: the text of ``--text`` through the tokenizer beside the model (or
-    ``--tokenizer``), in rows of ``--length``; without ``--text``, seeded random ids (good for
+    """``[B, T]`` token ids: the text of ``--text`` through the tokenizer beside the model (a
+    GGUF file's own, or ``--tokenizer``), in rows of ``--length``; without ``--text``, seeded random ids (good for
     the logit error only)."""
     length = args.length
     if args.text is None:
@@ -55,11 +55,14 @@ def _held_out_tokens(args: argparse.Namespace, model: Transformer) -> torch.Tens
     from llm_tokenizer import Tokenizer
 
     tokenizer_path = Path(args.tokenizer or args.src)
-    if tokenizer_path.suffix.lower() == ".gguf" or not (
-        tokenizer_path.is_file() or (tokenizer_path / "tokenizer.json").is_file()
-    ):
+    if tokenizer_path.suffix.lower() == ".gguf" and tokenizer_path.is_file():
+        from llm_quant.gguf import GGUFFile
+
+        tokenizer = Tokenizer.from_gguf(GGUFFile(tokenizer_path).metadata)  # the file's own
+    elif tokenizer_path.is_file() or (tokenizer_path / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_file(tokenizer_path)
+    else:
         raise ValueError(f"{tokenizer_path}: no tokenizer.json (pass --tokenizer DIR)")
-    tokenizer = Tokenizer.from_file(tokenizer_path)
     ids = tokenizer.encode(Path(args.text).read_text(encoding="utf-8"))
     rows = min(args.rows, len(ids) // length)
     if rows == 0:
