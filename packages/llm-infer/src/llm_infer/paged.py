@@ -31,8 +31,8 @@ class BlockPool:
     """Keys, values and positions of ``num_blocks`` blocks of ``block_size`` tokens, every layer.
 
     Keys and values are ``[layers, KV heads, slots, head_dim]``: one KV head's keys of a block
-    lie side by side, as attention reads them (a slot-major pool spread each key over
-    ``KV heads x head_dim`` and made the engine's native decode step about 5% slower).
+    lie side by side, as attention reads them (one run of memory per head and block, where a
+    slot-major pool put ``KV heads x head_dim`` values between two keys of a head).
 
     Block bookkeeping (refcounts, free list, prefix cache) is plain Python; the engine calls it
     from one thread.
