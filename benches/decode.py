@@ -307,7 +307,10 @@ def main() -> None:
 
     weight_bytes = sum(
         p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n
-    )  # per token every weight is read once, the embedding table only one row
+    )  # per token every weight is read once, the embedding table only one row ...
+    head = model.lm_head.weight
+    if head is model.model.embed_tokens.weight:  # ... unless it is the (tied) LM head too
+        weight_bytes += head.numel() * head.element_size()
     bandwidth = read_bandwidth(weight_bytes, max(5, args.repeats))
     limit = bandwidth / weight_bytes
 
