@@ -181,7 +181,7 @@ class NativeDecoder:
                 raise ValueError("the native step takes one real (unpadded) token per row")
             slot = -1
             slots = cache.slots  # (B, S) each row's keys, pool rows in order
-            k_caches, v_caches = cache.pool.k.unbind(0), cache.pool.v.unbind(0)
+            k_caches, v_caches = cache.pool.k_layers, cache.pool.v_layers
         else:
             slot, write, slots = cache.length - 1, None, None
             k_caches, v_caches = cache.k, cache.v

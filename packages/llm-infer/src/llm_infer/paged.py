@@ -60,6 +60,8 @@ class BlockPool:
             n_layer, n_kv_head, slots, head_dim, dtype=dtype, device=device
         )  # (L, H_kv, N*bs, D)
         self.v = torch.zeros_like(self.k)  # (L, H_kv, N*bs, D)
+        # each layer's view, made once (the native decode step takes them every step)
+        self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)
         self.positions = torch.full((slots,), EMPTY, dtype=torch.long, device=device)  # (N*bs,)
         self.refcount = [0] * num_blocks
         self.free: deque[int] = deque(range(1, num_blocks))
