@@ -11,8 +11,8 @@ mask (computed by the model's own code), the embedding, the final norm and the L
 It serves models whose every block it can compute exactly as the modules do: llm-core's
 ``Transformer`` with RMSNorm, RoPE, SwiGLU and no biases, in float32 on CPU, each projection
 a float ``nn.Linear`` with row-major weights or a layer offering ``native_weight()`` (GGUF
-blocks with int8 activations, llm-quant's ``GGUFLinear``); a static cache, or the engine's paged cache (its block pool, one token per
-row). Anything else decodes through the modules.
+blocks with int8 activations, llm-quant's ``GGUFLinear``); a static cache, or the engine's
+paged cache (its block pool, one token per row). Anything else decodes through the modules.
 """
 
 from __future__ import annotations
