@@ -69,23 +69,6 @@ inline void block(const float* w, int64_t in, const float* x, float* y, int64_t 
   }
 }
 
-// y[0] = sum_i w[i] * x[i]: block<1, 1>'s sums in its order (the same result to the bit), with
-// one prefetch per 128 bytes instead of one per 64.
-inline void row(const float* w, int64_t in, const float* x, float* y) {
-  vec16 acc{};
-  const int64_t body = in - in % (4 * kLanes), lanes = in - in % kLanes;
-  int64_t i = 0;
-  for (; i < body; i += 4 * kLanes) {
-    __builtin_prefetch(w + i + kPrefetchAhead, 0, 2);
-    __builtin_prefetch(w + i + 2 * kLanes + kPrefetchAhead, 0, 2);
-    for (int j = 0; j < 4; ++j) acc += load(w + i + j * kLanes) * load(x + i + j * kLanes);
-  }
-  for (; i < lanes; i += kLanes) acc += load(w + i) * load(x + i);
-  float s = hsum(acc);
-  for (; i < in; ++i) s += w[i] * x[i];
-  *y = s;
-}
-
 // R weight rows against all m input rows, eight at a time (the weights stay in L1 between).
 template <int R>
 inline void block_rows(const float* w, int64_t in, const float* x, int64_t m, float* y,
@@ -106,16 +89,13 @@ inline void block_rows(const float* w, int64_t in, const float* x, int64_t m, fl
   }
 }
 
-// Output columns [begin, end): one weight row at a time for one input row (the weights read as
-// one sequential stream: measured against blocks of 4 rows, whose four streams this machine's
-// prefetchers serve worse, the llama-125m shape's products went from 78 to 81-85 tokens/s
-// median, 92 to 104-121 at best, in eight interleaved rounds), blocks of 2 rows for more (up to
-// 16 accumulators), then single rows. Each output is the same sum in the same order either way.
+// Output columns [begin, end): blocks of 4 weight rows for one input row (4 accumulators),
+// of 2 for more (up to 16 accumulators), then single rows.
 void columns(const float* w, int64_t in, const float* x, int64_t m, float* y, int64_t out,
              int64_t begin, int64_t end) {
   int64_t o = begin;
   if (m == 1) {
-    for (; o < end; ++o) row(w + o * in, in, x, y + o);
+    for (; o + 4 <= end; o += 4) block_rows<4>(w + o * in, in, x, m, y + o, out);
   } else {
     for (; o + 2 <= end; o += 2) block_rows<2>(w + o * in, in, x, m, y + o, out);
   }
