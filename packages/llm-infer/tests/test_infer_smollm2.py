@@ -16,12 +16,12 @@ PROMPTS = [
     "Explain in one sentence what a CPU does.",
     "Name three primary colors.",
 ]
-# The capital question's first token is a near-tie (llama.cpp's int8 activations answer
-# "L'Étoile, ..." where the float reference, transformers' GGUF loader, and we answer "The
-# capital of France is Paris."): it must agree with llama.cpp only where rounding cannot
-# decide it. The other three chat prompts must agree for their first AGREE_AT_LEAST tokens.
-NEAR_TIE_PROMPTS = {PROMPTS[0]}
-AGREE_AT_LEAST = 16  # llama.cpp quantizes activations to 8 bits, so a late divergence is allowed
+# Greedy tokens must agree with llama.cpp's for AGREE_AT_LEAST tokens, or part earlier only
+# at a near-tie in llama.cpp's own logits, which its 8-bit activations decide: the capital
+# question's first token (llama.cpp answers "L'Étoile, ..." where the float reference,
+# transformers' GGUF loader, and we answer "The capital of France is Paris."), on a Xeon VM
+# also the haiku's fifth (llama.cpp's kernels differ between CPUs).
+AGREE_AT_LEAST = 16
 GREEDY_TOKENS = 32
 NEAR_TIE = 0.01  # llama.cpp's lead over our token, of its largest logit: rounding decides it
 
@@ -75,9 +75,9 @@ def test_tokenization_and_greedy_match_llama_cpp(smollm2, cpp, prompt):
     print(f"{prompt!r}: {agree} of {GREEDY_TOKENS} greedy tokens agree")  # see -s / the report
     if agree >= AGREE_AT_LEAST:
         return
-    assert prompt in NEAR_TIE_PROMPTS, (agree, ours, theirs)
-    # An early difference must be a near-tie in llama.cpp's own logits, and our LM head with
-    # llama.cpp's arithmetic (int8 activations) must then give llama.cpp's tokens.
+    # An early difference must be a near-tie in llama.cpp's own logits; with llama.cpp's
+    # arithmetic in our LM head too (int8 activations), the tokens must then agree for
+    # AGREE_AT_LEAST or part at a near-tie again.
     row = torch.tensor(cpp.scores[len(ids) - 1 + agree])
     lead = (row[theirs[agree]] - row[ours[agree]]).item() / row.abs().max().item()
     print(f"  first difference at token {agree}: llama.cpp's lead {lead:.3%} of its largest logit")
@@ -85,9 +85,13 @@ def test_tokenization_and_greedy_match_llama_cpp(smollm2, cpp, prompt):
     from llm_quant.gguf_tools import validate
 
     same = validate(smollm2_path(), text, max_tokens=GREEDY_TOKENS, head_activations="int8")
-    print(f"  with llama.cpp's arithmetic in the LM head: {same.agree} of {GREEDY_TOKENS} agree")
+    print(
+        f"  with llama.cpp's arithmetic in the LM head: {same.agree} of {GREEDY_TOKENS} agree"
+        + (f", then a lead of {same.tie_margin:.3%}" if same.tie_margin is not None else "")
+    )
     assert same.prompt_ids == ids and same.cpp_tokens == theirs
-    assert same.agree >= AGREE_AT_LEAST, (same.agree, same.ours_tokens, theirs)
+    if same.agree < AGREE_AT_LEAST:
+        assert same.tie_margin < NEAR_TIE, (same.agree, same.tie_margin, same.ours_tokens, theirs)
 
 
 @pytest.mark.peers
