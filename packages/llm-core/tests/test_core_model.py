@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import llm_kernels
+import llm_kernels.memory
 import llm_kernels.native
 import pytest
 import torch
@@ -119,6 +120,44 @@ def test_fused_projections_keep_names_memory_and_outputs(overrides, native, monk
         after = model(tokens)
         attn.qkv = None
         torch.testing.assert_close(after, model(tokens), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(
+    not llm_kernels.memory.huge_pages_available(), reason="no transparent huge pages here"
+)
+@pytest.mark.parametrize("native", [True, False], ids=["native-kernel", "torch-only"])
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_decode_weights_move_to_huge_pages_with_their_values(tie, native, monkeypatch):
+    if native and not llm_kernels.native.available():
+        pytest.skip(f"native kernels unavailable: {llm_kernels.native.error}")
+    monkeypatch.setattr(llm_kernels.native, "_loaded", native)
+    torch.manual_seed(0)
+    # gate/up 4 MiB, down and the head 2 MiB: on huge pages; q/k/v and o (<2 MiB) stay put
+    config = ModelConfig(
+        vocab_size=2048, n_embd=256, n_layer=2, n_head=4, mlp="swiglu",
+        intermediate_size=2048, tie_embeddings=tie,
+    )  # fmt: skip
+    model = Transformer(config).eval()
+    tokens = torch.randint(0, 2048, (2, 9))
+    with torch.no_grad():
+        want = model(tokens)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.fuse_projections()
+    layer = model.model.layers[0]
+    moved = [layer.mlp.gate_up.weight, layer.mlp.down_proj.weight, model.lm_head.weight]
+    assert all(llm_kernels.on_huge_pages(w) for w in moved)
+    assert not llm_kernels.on_huge_pages(layer.self_attn.qkv.weight)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tie
+    if native:
+        assert all(w.is_contiguous() for w in moved)
+    else:  # input-major for BLAS, the layout kept on the new pages
+        assert all(w.stride() == (1, w.shape[0]) for w in moved[:2])
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), want, atol=1e-5, rtol=1e-5)
+    before = [w.data_ptr() for w in moved]
+    model.fuse_projections()  # again: nothing moves twice
+    assert [w.data_ptr() for w in moved] == before
 
 
 def test_fusion_ends_when_weights_are_replaced():

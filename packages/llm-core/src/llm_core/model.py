@@ -18,7 +18,9 @@ from llm_kernels import (
     attention,
     attention_mask,
     decode_weight_layout,
+    huge_pages,
     linear,
+    on_huge_pages,
     rms_norm,
     rope_cos_sin,
 )
@@ -109,9 +111,10 @@ class FusedLinears:
     @staticmethod
     def _concat(params: list[torch.Tensor]) -> torch.Tensor:
         if params[0].dim() == 2 and decode_weight_layout(params[0]) == "input-major":
-            fused = torch.cat([p.detach().t() for p in params], dim=1).t()  # (sum of out, in)
+            fused = torch.cat([p.detach().t() for p in params], dim=1)  # (in, sum of out)
+            fused = huge_pages(fused).t()  # (sum of out, in)
         else:  # row-major weights (see decode_layout), or biases
-            fused = torch.cat([p.detach() for p in params])  # (sum of out_features, ...)
+            fused = huge_pages(torch.cat([p.detach() for p in params]))  # (sum of out, ...)
         start = 0
         for p in params:
             p.data = fused[start : start + p.shape[0]]
@@ -155,16 +158,17 @@ def decode_layout(module: nn.Module) -> None:
     """Store ``module``'s weight in the memory layout that decode reads fastest
     (:func:`llm_kernels.decode_weight_layout`): row-major for the native CPU kernel, else
     input-major (``[in, out]`` in memory: the same ``[out, in]`` tensor with transposed
-    strides, an untransposed operand for BLAS). Values, shapes and names are unchanged.
-    Anything but a float ``nn.Linear`` (a quantized layer) is left as it is."""
+    strides, an untransposed operand for BLAS); on 2 MiB pages where the OS has them
+    (:func:`llm_kernels.huge_pages`). Values, shapes and names are unchanged. Anything but a
+    float ``nn.Linear`` (a quantized layer) is left as it is."""
     if not isinstance(module, nn.Linear):
         return
     weight = module.weight
     if decode_weight_layout(weight) == "row-major":
-        if not weight.is_contiguous():
-            weight.data = weight.detach().contiguous()
-    elif weight.stride(0) != 1:
-        weight.data = weight.detach().t().contiguous().t()
+        if not weight.is_contiguous() or not on_huge_pages(weight):
+            weight.data = huge_pages(weight.detach().contiguous())
+    elif weight.stride(0) != 1 or not on_huge_pages(weight):
+        weight.data = huge_pages(weight.detach().t().contiguous()).t()
 
 
 class Attention(nn.Module):
@@ -336,8 +340,9 @@ class Transformer(nn.Module):
         The weights move into one tensor per group (views keep their names, so memory, the
         state_dict and training are unchanged); forwards without gradients then run one matrix
         product per group instead of three (two), which saves time in decode. Every matrix
-        the fusion touches, and o, down and an untied LM head, is stored in the layout decode
-        reads fastest (see :func:`decode_layout`). Calling it again (another ``LLM`` on the
+        the fusion touches, and o, down and the LM head, is stored in the layout and on the
+        pages decode reads fastest (see :func:`decode_layout`; a tied head stays the embedding
+        table's rows, on huge pages). Calling it again (another ``LLM`` on the
         same model) re-fuses only the layers whose weights were replaced since.
         """
         for layer in self.model.layers:
@@ -347,6 +352,9 @@ class Transformer(nn.Module):
             decode_layout(layer.mlp.down_proj)
         if not self.config.tie_embeddings:  # a tied head is the embedding table: rows stay rows
             decode_layout(self.lm_head)
+        elif isinstance(self.lm_head, nn.Linear) and not on_huge_pages(self.lm_head.weight):
+            # the embedding table: read whole every token, as the head
+            self.lm_head.weight.data = huge_pages(self.lm_head.weight.detach())
         return self
 
     def num_parameters(self) -> int:

@@ -7,6 +7,7 @@ kernel behind :func:`linear` in :mod:`llm_kernels.native`.
 
 from importlib.metadata import version as _version
 
+from llm_kernels.memory import huge_pages, on_huge_pages
 from llm_kernels.ops import (
     add_rms_norm,
     apply_rope,
@@ -28,7 +29,9 @@ __all__ = [
     "attention",
     "attention_mask",
     "decode_weight_layout",
+    "huge_pages",
     "linear",
+    "on_huge_pages",
     "rms_norm",
     "rope_cos_sin",
 ]
