@@ -172,14 +172,15 @@ def linear_floor(model: Transformer, n_new: int, *, blas: bool = False):
     o, down and the LM head) for ``n_new`` tokens, one row each: through
     ``llm_kernels.linear`` as decode calls them (the floor for an engine built on them), or
     with ``blas=True`` through torch's ``F.linear`` on input-major copies of the weights
-    (torch's BLAS in its fastest layout for one row)."""
+    (torch's BLAS in its fastest layout for one row, on 2 MiB pages as the model's)."""
     weights = []
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         weights += [attn.qkv.weight, attn.o_proj.weight, mlp.gate_up.weight, mlp.down_proj.weight]
     weights.append(model.lm_head.weight)
     if blas:
-        weights = [w.detach().t().contiguous().t() for w in weights]
+        # on huge pages too, as the model's own weights (llm_kernels.huge_pages)
+        weights = [llm_kernels.huge_pages(w.detach().t().contiguous()).t() for w in weights]
     product = torch.nn.functional.linear if blas else llm_kernels.linear
     inputs = {w.shape[1]: torch.randn(1, 1, w.shape[1]) for w in weights}  # (1, 1, in)
 

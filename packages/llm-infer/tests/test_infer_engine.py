@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -156,6 +157,43 @@ def test_a_failing_request_does_not_fail_the_batch(llm):
     assert got.token_ids == want.token_ids
     assert stats.running == 0 and stats.blocks_in_use == 0
     assert (stats.finished, stats.cancelled, stats.failed) == (1, 0, 1)
+
+
+def test_the_worker_steps_while_the_event_loop_is_busy(llm):
+    """Steps do not wait for the event loop: a loop held up (a slow handler in the server)
+    does not hold up decoding, and the outputs made meanwhile all arrive afterwards."""
+    params = dict(temperature=0, max_tokens=40, ignore_eos=True)
+
+    async def main():
+        async with Engine(llm, block_size=8) as engine:
+            handle = engine.submit(PROMPTS[2], **params)
+            while engine.stats().steps < 2:
+                await asyncio.sleep(0.001)
+            before = engine.stats().steps
+            deadline = time.perf_counter() + 30
+            while engine.stats().steps < before + 10 and time.perf_counter() < deadline:
+                time.sleep(0.01)  # blocks the event loop
+            during = engine.stats().steps - before
+            return during, await handle.result()
+
+    during, completion = run(main())
+    assert during >= 10
+    want = llm.generate(PROMPTS[2], **params)
+    assert completion.token_ids == want.token_ids and completion.text == want.text
+
+
+def test_an_engine_never_closed_stops_when_its_event_loop_ends(llm):
+    async def main():
+        engine = Engine(llm, block_size=8)
+        await engine.start()
+        engine.submit(PROMPTS[1], temperature=0, max_tokens=200, ignore_eos=True)
+        await asyncio.sleep(0.05)
+        return engine  # no close(): asyncio.run closes the loop under it
+
+    engine = run(main())
+    engine._thread.join(timeout=30)
+    assert not engine._thread.is_alive()
+    assert engine.stats().running == 0 and engine.stats().blocks_in_use == 0
 
 
 def test_a_fault_in_the_scheduling_loop_ends_every_request_instead_of_hanging(llm):
