@@ -15,6 +15,7 @@ at the end of the current step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -350,10 +351,8 @@ class Engine:
                 self._stopped.set_result(None)
 
         if self._loop is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
                 self._loop.call_soon_threadsafe(stopped)
-            except RuntimeError:
-                pass  # the loop is gone: nobody waits
 
     def _deliver(self, outputs: list[Output]) -> None:
         for out in outputs:
