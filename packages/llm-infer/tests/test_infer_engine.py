@@ -273,6 +273,24 @@ def test_paged_cache_matches_a_static_cache(llm):
     torch.testing.assert_close(torch.cat([first, rest], dim=1), want, atol=1e-5, rtol=0)
 
 
+def test_a_view_on_the_same_blocks_shares_their_tables_and_matches_a_fresh_one(llm):
+    model = llm.model
+    pool = BlockPool(n_layer=2, n_kv_head=2, head_dim=16, num_blocks=16, block_size=4)
+    tokens = torch.tensor([PROMPTS[2][:11], PROMPTS[3][:11]])  # (2, 11)
+    with torch.inference_mode():
+        want = model(tokens)[:, -1]  # (2, V)
+        tables = [[pool.allocate() for _ in range(3)] for _ in range(2)]
+        model(tokens[:, :9], PagedKVCache(pool, tables, [0, 0]), torch.arange(9).expand(2, 9))
+        first = PagedKVCache(pool, tables, [9, 9])
+        model(tokens[:, 9:10], first, torch.full((2, 1), 9))
+        again = PagedKVCache.same_blocks(first, [10, 10])
+        assert again.slots is first.slots and again.table is first.table
+        got = model(tokens[:, 10:11], again, torch.full((2, 1), 10))[:, -1]
+        assert torch.equal(again.key_positions, PagedKVCache(pool, tables, [11, 11]).key_positions)
+        assert again.lengths.tolist() == [10, 10] and first.lengths.tolist() == [9, 9]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
 def test_block_pool_refcounts_and_lru():
     pool = BlockPool(n_layer=1, n_kv_head=1, head_dim=2, num_blocks=4, block_size=2)
     a, b = pool.allocate(), pool.allocate()

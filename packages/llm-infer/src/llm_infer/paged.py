@@ -149,26 +149,51 @@ class PagedKVCache:
         table = torch.full((len(block_tables), width), NULL_BLOCK, dtype=torch.long)
         for row, blocks in enumerate(block_tables):
             table[row, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
-        self.pool = pool
-        self.table = table.to(device)  # (B, nb)
+        table = table.to(device)  # (B, nb)
         bs = pool.block_size
-        self.slots = (self.table.unsqueeze(-1) * bs + torch.arange(bs, device=device)).flatten(
-            1
-        )  # (B, nb*bs)
-        self.lengths = torch.tensor(lengths, dtype=torch.long, device=device)  # (B,)
-        self._write = torch.empty(0, dtype=torch.long, device=device)  # (N,) slots of this call
-        self._valid = torch.empty(0, dtype=torch.bool, device=device)  # (B, T)
+        slots = (table.unsqueeze(-1) * bs + torch.arange(bs, device=device)).flatten(1)
+        self._setup(pool, table, slots, lengths)  # slots: (B, nb*bs)
+
+    @classmethod
+    def same_blocks(cls, view: PagedKVCache, lengths: Sequence[int]) -> PagedKVCache:
+        """A view of ``view``'s rows and blocks (its block and slot tables shared, not built
+        again) at new ``lengths``: the engine's next decode step while no row gained a block."""
+        new = cls.__new__(cls)
+        new._setup(view.pool, view.table, view.slots, lengths)
+        return new
+
+    def _setup(
+        self,
+        pool: BlockPool,
+        table: torch.Tensor,
+        slots: torch.Tensor,
+        lengths: Sequence[int],
+    ) -> None:
+        self.pool = pool
+        self.table = table  # (B, nb)
+        self.slots = slots  # (B, nb*bs)
+        self._lengths = list(lengths)
+        self._write = torch.empty(0, dtype=torch.long, device=table.device)  # (N,) this call's
+        self._valid = torch.empty(0, dtype=torch.bool, device=table.device)  # (B, T)
         self._all_valid = True
-        self._key_positions = self._gather(pool.positions)  # (B, S)
+        self._key_positions: torch.Tensor | None = None  # (B, S), gathered when first read
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Tokens each row holds before this call, ``[B]``."""
+        return torch.tensor(self._lengths, dtype=torch.long, device=self.table.device)
 
     @property
     def key_positions(self) -> torch.Tensor:
         """Positions of every gathered slot ``[B, S]`` (-1 for empty and padding slots)."""
+        if self._key_positions is None:
+            self._key_positions = self._gather(self.pool.positions)
         return self._key_positions
 
     def next_positions(self, n: int) -> torch.Tensor:
         """Positions ``[B, n]`` after each row's length."""
-        return self.lengths.unsqueeze(1) + torch.arange(n, device=self.lengths.device)  # (B, n)
+        lengths = self.lengths  # (B,)
+        return lengths.unsqueeze(1) + torch.arange(n, device=lengths.device)  # (B, n)
 
     def append(self, positions: torch.Tensor) -> None:
         """Record where this call's tokens (positions ``[B, T]``) go; raises ``CacheFullError``
