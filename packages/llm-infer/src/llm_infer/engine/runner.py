@@ -62,7 +62,6 @@ class ModelRunner:
                 sampled.append((request, _sample(request.generation, logits[row])))
         return sampled
 
-
     def _decode_view(self, rows: list[Request]) -> PagedKVCache:
         """The paged view of ``rows`` for a decode step."""
         tables = [list(r.blocks) for r in rows]  # copies: a request's list grows in place
