@@ -182,6 +182,39 @@ def test_the_worker_steps_while_the_event_loop_is_busy(llm):
     assert completion.token_ids == want.token_ids and completion.text == want.text
 
 
+def test_a_reader_of_the_completion_alone_is_not_woken_for_every_token(llm):
+    """``result()`` (``generate``, the server's non-streamed requests) wants the completion
+    only: the worker stops handing over each token's text, which would wake the event loop
+    (and take a core from the step) once a token for nothing; a streamed reader gets every
+    delta, and both get the same completion."""
+    params = dict(temperature=0, max_tokens=24, ignore_eos=True)
+
+    async def main():
+        async with Engine(llm, block_size=8) as engine:
+            texts: dict[int, int] = {}
+            deliver = engine._deliver
+
+            def counting(outputs):
+                for out in outputs:
+                    if out.text and out.completion is None:
+                        texts[out.request.id] = texts.get(out.request.id, 0) + 1
+                deliver(outputs)
+
+            engine._deliver = counting
+            quiet = engine.submit(PROMPTS[4], **params)
+            whole = await quiet.result()
+            streamed = engine.submit(PROMPTS[4], **params)
+            deltas = [d async for d in streamed]
+            return texts.get(quiet.id, 0), texts.get(streamed.id, 0), whole, deltas, streamed
+
+    quiet_texts, streamed_texts, whole, deltas, streamed = run(main())
+    assert quiet_texts <= 2 and streamed_texts >= 20
+    assert (
+        "".join(deltas) == whole.text
+        and whole.token_ids == llm.generate(PROMPTS[4], **params).token_ids
+    )
+
+
 def test_an_engine_never_closed_stops_when_its_event_loop_ends(llm):
     async def main():
         engine = Engine(llm, block_size=8)

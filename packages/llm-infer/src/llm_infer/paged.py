@@ -152,24 +152,26 @@ class PagedKVCache:
         table = table.to(device)  # (B, nb)
         bs = pool.block_size
         slots = (table.unsqueeze(-1) * bs + torch.arange(bs, device=device)).flatten(1)
-        self._setup(pool, table, slots, lengths)  # slots: (B, nb*bs)
+        self._setup(pool, [list(t) for t in block_tables], table, slots, lengths)
 
     @classmethod
     def same_blocks(cls, view: PagedKVCache, lengths: Sequence[int]) -> PagedKVCache:
         """A view of ``view``'s rows and blocks (its block and slot tables shared, not built
         again) at new ``lengths``: the engine's next decode step while no row gained a block."""
         new = cls.__new__(cls)
-        new._setup(view.pool, view.table, view.slots, lengths)
+        new._setup(view.pool, view._blocks, view.table, view.slots, lengths)
         return new
 
     def _setup(
         self,
         pool: BlockPool,
+        blocks: list[list[int]],
         table: torch.Tensor,
         slots: torch.Tensor,
         lengths: Sequence[int],
     ) -> None:
         self.pool = pool
+        self._blocks = blocks  # each row's blocks, as given
         self.table = table  # (B, nb)
         self.slots = slots  # (B, nb*bs)
         self._lengths = list(lengths)
@@ -199,6 +201,23 @@ class PagedKVCache:
         """Record where this call's tokens (positions ``[B, T]``) go; raises ``CacheFullError``
         when a position lies beyond its row's blocks."""
         bs = self.pool.block_size
+        if positions.shape[-1] == 1 and positions.shape[0] == len(self._lengths):
+            # one token per row: a decode step, most often at each row's length, which the
+            # block lists place without the tensor arithmetic below (0.2 ms a step, cold)
+            given = positions.flatten()  # (B,)
+            if given.tolist() == self._lengths:
+                write = []
+                for blocks, p in zip(self._blocks, self._lengths, strict=True):
+                    if p // bs >= len(blocks):
+                        raise CacheFullError(
+                            "paged KV cache: a position lies beyond its row's blocks"
+                        )
+                    write.append(blocks[p // bs] * bs + p % bs)
+                self._all_valid = True
+                self._write = torch.tensor(write, dtype=torch.long, device=positions.device)
+                self.pool.positions[self._write] = given
+                self._key_positions = None  # gathered when read
+                return
         self._valid = positions >= 0  # (B, T)
         safe = positions.clamp(min=0)  # (B, T)
         index = safe // bs  # (B, T)
@@ -212,7 +231,7 @@ class PagedKVCache:
         else:
             self._write = (blocks * bs + safe % bs)[self._valid]  # (N,)
             self.pool.positions[self._write] = positions[self._valid]
-        self._key_positions = self._gather(self.pool.positions)  # (B, S)
+        self._key_positions = None  # gathered when read
 
     @property
     def write_slots(self) -> torch.Tensor | None:

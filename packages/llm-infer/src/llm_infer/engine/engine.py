@@ -99,6 +99,10 @@ class RequestHandle:
 
     async def result(self) -> Completion:
         """The completion, once finished (text deltas not yet read are skipped)."""
+        if self._completion is None:
+            # from now on only the completion: the worker stops handing over each token's
+            # text, so the event loop does not wake once a token for a reader that skips it
+            self._engine._completion_only.add(self._request)
         async for _ in self:
             pass
         assert self._completion is not None
@@ -149,6 +153,10 @@ class Engine:
         self.runner = ModelRunner(llm.model, self.pool, llm.step)
         self.observer = observer
         self._outboxes: dict[Request, asyncio.Queue[str | Completion | BaseException]] = {}
+        # requests whose reader awaits only the completion (RequestHandle.result): added on
+        # the event loop, read by the worker, which then posts no text deltas of theirs (one
+        # posted meanwhile is merely skipped by the reader)
+        self._completion_only: set[Request] = set()
         self._ids = itertools.count()
         # the worker and the event loop share the scheduler: its bookkeeping (schedule,
         # update, add, cancel, stats) happens under this lock, never the step itself
@@ -337,6 +345,13 @@ class Engine:
 
     def _post(self, outputs: list[Output]) -> None:
         """Hand ``outputs`` to the event loop (it delivers them between its other work)."""
+        quiet = self._completion_only
+        if quiet:
+            outputs = [
+                o
+                for o in outputs
+                if o.request not in quiet or o.completion is not None or o.error is not None
+            ]
         if outputs and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._deliver, outputs)
@@ -362,12 +377,14 @@ class Engine:
             if out.error is not None:
                 outbox.put_nowait(out.error)
                 del self._outboxes[out.request]
+                self._completion_only.discard(out.request)
                 continue
             if out.text:
                 outbox.put_nowait(out.text)
             if out.completion is not None:
                 outbox.put_nowait(out.completion)
                 del self._outboxes[out.request]
+                self._completion_only.discard(out.request)
                 if self.observer is not None:
                     self.observer(_timing(out.request, out.completion))
 
