@@ -324,6 +324,18 @@ def test_a_view_on_the_same_blocks_shares_their_tables_and_matches_a_fresh_one(l
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_a_decode_position_beyond_the_rows_blocks_is_refused():
+    from llm_core import CacheFullError
+
+    pool = BlockPool(n_layer=1, n_kv_head=1, head_dim=2, num_blocks=4, block_size=4)
+    view = PagedKVCache(pool, [[pool.allocate()]], [4])  # one full block
+    with pytest.raises(CacheFullError, match="beyond its row's blocks"):
+        view.append(torch.tensor([[4]]))  # the decode fast path
+    with pytest.raises(CacheFullError, match="beyond its row's blocks"):
+        view.append(torch.tensor([[4, 5]]))  # the general one
+    assert bool((pool.positions == -1).all())  # nothing written
+
+
 def test_block_pool_refcounts_and_lru():
     pool = BlockPool(n_layer=1, n_kv_head=1, head_dim=2, num_blocks=4, block_size=2)
     a, b = pool.allocate(), pool.allocate()
