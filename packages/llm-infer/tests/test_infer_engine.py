@@ -205,9 +205,9 @@ def test_a_reader_of_the_completion_alone_is_not_woken_for_every_token(llm):
             whole = await quiet.result()
             streamed = engine.submit(PROMPTS[4], **params)
             deltas = [d async for d in streamed]
-            return texts.get(quiet.id, 0), texts.get(streamed.id, 0), whole, deltas, streamed
+            return texts.get(quiet.id, 0), texts.get(streamed.id, 0), whole, deltas
 
-    quiet_texts, streamed_texts, whole, deltas, streamed = run(main())
+    quiet_texts, streamed_texts, whole, deltas = run(main())
     assert quiet_texts <= 2 and streamed_texts >= 20
     assert (
         "".join(deltas) == whole.text
