@@ -10,7 +10,8 @@ through ``llm_infer.load`` (the default path: the blocks stay quantized); where 
 refuses a file (a tokenizer it cannot read), the same weights load through
 ``llm_quant.gguf.load_gguf_model`` behind a placeholder tokenizer, and the row says so.
 llama.cpp runs with ``n_batch=1`` (this VM's setting) and an F32 KV cache like ours. Each
-engine: a 32-token prompt and 128 greedy tokens, round-robin, best of --repeats; greedy
+engine: a 32-token prompt and 128 greedy tokens, round-robin, best of --repeats (our Engine
+with 1 and --streams requests in the same rounds, against our ``LLM.generate``); greedy
 agreement with llama.cpp; each engine's fraction of the read-bandwidth limit (the bytes of the
 file's matrices read per token over the read bandwidth of a buffer that size); resident memory after
 load of each engine in a fresh process beside the file size. Appends one JSON line to
@@ -215,9 +216,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--files", default="Q8_0,Q4_0,smollm2", help="which of Q8_0,Q4_0,smollm2")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    parser.add_argument("--streams", type=int, default=8, help="the Engine's concurrent streams")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from llm_infer.bench import greedy, random_prompt
+    from llm_infer.bench import greedy, measure_engine, random_prompt
 
     wanted = args.files.split(",")
     results = []
@@ -247,11 +249,15 @@ def main() -> None:
             for run in runners.values():
                 run()  # warm-up
             rows = {name: {"seconds": float("inf")} for name in runners}
+            engine = {1: 0.0, args.streams: 0.0}  # the Engine's best tokens/s (sum of streams)
             for _ in range(args.repeats):
                 for name, run in runners.items():
                     tokens, seconds = best_of(1, run)
                     if seconds < rows[name]["seconds"]:
                         rows[name] = {"seconds": seconds, "tokens": tokens}
+                for streams in engine:  # in the round-robin: the same load as the others
+                    got = measure_engine(llm, args.prompt_len, args.new_tokens, streams)
+                    engine[streams] = max(engine[streams], got["aggregate_tokens_per_s"])
             per_token = matrix_bytes(path)
             limit = read_bandwidth(per_token, max(5, args.repeats)) / per_token
             row = {
@@ -267,6 +273,10 @@ def main() -> None:
             row["vs_llama_cpp"] = (
                 row["tokens_per_s"]["llm-infer"] / row["tokens_per_s"]["llama.cpp"]
             )
+            row["engine_1_stream_tokens_per_s"] = engine[1]
+            row["engine_n_streams_tokens_per_s"] = engine[args.streams]
+            row["engine_1_vs_llm_generate"] = engine[1] / row["tokens_per_s"]["llm-infer"]
+            row["streams_speedup"] = engine[args.streams] / engine[1]
             row["fraction_of_limit"] = {k: v / limit for k, v in row["tokens_per_s"].items()}
             if not args.no_rss:
                 row["peak_rss_bytes"] = {e: peak_rss(e, path) for e in ("ours", "llama.cpp")}
@@ -292,6 +302,11 @@ def main() -> None:
             f"limit: {r['fraction_of_limit']['llm-infer']:.0%} / {r['fraction_of_limit']['llama.cpp']:.0%}; "
             f"greedy agreement {r['greedy_agreement']}/{args.new_tokens}; file "
             f"{r['file_bytes'] / 2**20:.0f} MiB"
+        )
+        print(
+            f"  Engine: 1 stream {r['engine_1_stream_tokens_per_s']:.1f} tok/s "
+            f"({r['engine_1_vs_llm_generate']:.2f}x LLM.generate), {args.streams} streams "
+            f"{r['engine_n_streams_tokens_per_s']:.1f} tok/s ({r['streams_speedup']:.2f}x one)"
         )
         for engine, (before, after) in r.get("peak_rss_bytes", {}).items():
             print(
