@@ -249,15 +249,15 @@ def main() -> None:
             for run in runners.values():
                 run()  # warm-up
             rows = {name: {"seconds": float("inf")} for name in runners}
-            engine = {1: 0.0, args.streams: 0.0}  # the Engine's best tokens/s (sum of streams)
+            engine_best = {1: 0.0, args.streams: 0.0}  # the Engine's tokens/s (sum of streams)
             for _ in range(args.repeats):
                 for name, run in runners.items():
                     tokens, seconds = best_of(1, run)
                     if seconds < rows[name]["seconds"]:
                         rows[name] = {"seconds": seconds, "tokens": tokens}
-                for streams in engine:  # in the round-robin: the same load as the others
+                for streams in engine_best:  # in the round-robin: the same load as the others
                     got = measure_engine(llm, args.prompt_len, args.new_tokens, streams)
-                    engine[streams] = max(engine[streams], got["aggregate_tokens_per_s"])
+                    engine_best[streams] = max(engine_best[streams], got["aggregate_tokens_per_s"])
             per_token = matrix_bytes(path)
             limit = read_bandwidth(per_token, max(5, args.repeats)) / per_token
             row = {
@@ -273,10 +273,10 @@ def main() -> None:
             row["vs_llama_cpp"] = (
                 row["tokens_per_s"]["llm-infer"] / row["tokens_per_s"]["llama.cpp"]
             )
-            row["engine_1_stream_tokens_per_s"] = engine[1]
-            row["engine_n_streams_tokens_per_s"] = engine[args.streams]
-            row["engine_1_vs_llm_generate"] = engine[1] / row["tokens_per_s"]["llm-infer"]
-            row["streams_speedup"] = engine[args.streams] / engine[1]
+            row["engine_1_stream_tokens_per_s"] = engine_best[1]
+            row["engine_n_streams_tokens_per_s"] = engine_best[args.streams]
+            row["engine_1_vs_llm_generate"] = engine_best[1] / row["tokens_per_s"]["llm-infer"]
+            row["streams_speedup"] = engine_best[args.streams] / engine_best[1]
             row["fraction_of_limit"] = {k: v / limit for k, v in row["tokens_per_s"].items()}
             if not args.no_rss:
                 row["peak_rss_bytes"] = {e: peak_rss(e, path) for e in ("ours", "llama.cpp")}

@@ -16,6 +16,7 @@ from llm_core import CacheFullError
 
 EMPTY = -1  # position of a slot that holds nothing
 NULL_BLOCK = 0  # never handed out: pads block tables; its slots stay EMPTY
+BEYOND_BLOCKS = "paged KV cache: a position lies beyond its row's blocks"
 
 
 def block_hashes(tokens: Sequence[int], block_size: int, n_blocks: int) -> list[int]:
@@ -209,9 +210,7 @@ class PagedKVCache:
                 write = []
                 for blocks, p in zip(self._blocks, self._lengths, strict=True):
                     if p // bs >= len(blocks):
-                        raise CacheFullError(
-                            "paged KV cache: a position lies beyond its row's blocks"
-                        )
+                        raise CacheFullError(BEYOND_BLOCKS)
                     write.append(blocks[p // bs] * bs + p % bs)
                 self._all_valid = True
                 self._write = torch.tensor(write, dtype=torch.long, device=positions.device)
@@ -222,7 +221,7 @@ class PagedKVCache:
         safe = positions.clamp(min=0)  # (B, T)
         index = safe // bs  # (B, T)
         if bool((index[self._valid] >= self.table.shape[1]).any()):
-            raise CacheFullError("paged KV cache: a position lies beyond its row's blocks")
+            raise CacheFullError(BEYOND_BLOCKS)
         blocks = self.table.gather(1, index)  # (B, T)
         self._all_valid = bool(self._valid.all())  # decode: no padding, no masked copies
         if self._all_valid:

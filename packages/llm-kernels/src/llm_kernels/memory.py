@@ -3,8 +3,8 @@
 Decode reads every weight matrix once per token, front to back. Through 4 KiB pages that is a
 TLB miss every 4 KiB, and the page walks compete with the stream for the memory; on 2 MiB pages
 (Linux's transparent huge pages) there is one every 2 MiB. The llama-125m shape's 49 float32
-products of one decode step, through :func:`llm_kernels.linear` on a 2-core Xeon VM, went from
-75.6 to 79.1 tokens/s (medians of eight interleaved rounds; docs/benchmarks.md).
+products of one decode step, through :func:`llm_kernels.linear` on a 2-core Xeon VM, ran
+4.6-12.5% faster (three runs of eight interleaved rounds; docs/benchmarks.md).
 
 Linux gives huge pages to a large allocation either always or only where the program asks
 (``madvise``, the common default, the setting in ``/sys/kernel/mm/transparent_hugepage``);
