@@ -6,7 +6,14 @@ import math
 
 import pytest
 import torch
-from llm_infer.sampling import SamplingParams, argmax, probabilities, process_logits, sample
+from llm_infer.sampling import (
+    SamplingParams,
+    argmax,
+    draw,
+    probabilities,
+    process_logits,
+    sample,
+)
 
 P = [0.5, 0.25, 0.15, 0.1]  # a distribution whose logits are log(P)
 LOGITS = torch.tensor([math.log(p) for p in P])
@@ -121,6 +128,29 @@ def test_sample_frequencies_follow_the_distribution():
     draws = torch.tensor([sample(LOGITS, params, gen) for _ in range(4000)])
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     torch.testing.assert_close(freq, torch.tensor([0.5, 0.25, 0.15, 0]) / 0.9, atol=0.03, rtol=0)
+
+
+def test_draws_follow_the_distribution_as_torch_multinomial_does():
+    # a real vocabulary's shape: most ids filtered to probability zero, the rest uneven
+    gen = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(49152, generator=gen) * 3, dim=-1)
+    probs[probs < probs.topk(6).values[-1]] = 0
+    n = 6000
+    ours = torch.tensor([draw(probs, gen) for _ in range(n)])
+    torch_draws = torch.multinomial(probs, n, replacement=True, generator=gen)
+    want = probs / probs.sum()
+    for got in (ours, torch_draws):
+        freq = torch.bincount(got, minlength=probs.numel()).double() / n
+        assert freq[want == 0].sum() == 0  # never an id of probability zero
+        torch.testing.assert_close(freq, want.double(), atol=0.02, rtol=0)
+
+
+def test_draw_at_the_ends_of_the_unit_interval(monkeypatch):
+    probs = torch.tensor([0.0, 0.0, 0.3, 0.0, 0.7, 0.0])
+    # a draw of 0 takes the first possible id; one that rounds up to the total the last
+    for u, want in ((0.0, 2), (1.0, 4), (0.29, 2), (0.31, 4)):
+        monkeypatch.setattr(torch, "rand", lambda *a, u=u, **k: torch.tensor(u, dtype=torch.float64))
+        assert draw(probs) == want
 
 
 def test_same_seed_same_draws():

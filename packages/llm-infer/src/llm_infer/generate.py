@@ -22,7 +22,7 @@ import torch
 from llm_infer.compiled import CompiledDecoder
 from llm_infer.native_step import NativeDecoder
 from llm_infer.protocols import CausalLM, Tokenizer
-from llm_infer.sampling import SamplingParams, argmax, process_logits
+from llm_infer.sampling import SamplingParams, argmax, draw, process_logits
 
 FinishReason = Literal["stop", "length", "cancelled"]
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the activations of a long prompt
@@ -285,8 +285,7 @@ class Generation:
         if self.params.greedy:
             token = argmax(processed)
         else:
-            probs = torch.softmax(processed, dim=-1)  # (V,)
-            token = int(torch.multinomial(probs, 1, generator=self.generator))
+            token = draw(torch.softmax(processed, dim=-1), self.generator)
         if self.logprobs is not None:
             self.logprobs.append(self._logprob(logits, token))
         return token

@@ -20,6 +20,7 @@ __all__ = [
     "NEG_INF",
     "SamplingParams",
     "argmax",
+    "draw",
     "probabilities",
     "process_logits",
     "sample",
@@ -140,6 +141,24 @@ def probabilities(logits: torch.Tensor, params: SamplingParams, **state: Any) ->
     return torch.softmax(processed, dim=-1)
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> int:
+    """One token id drawn from ``probs`` (``[V]``, non-negative, not all zero): the inverse of
+    the cumulative distribution at one uniform draw from ``generator``.
+
+    What ``torch.multinomial(probs, 1)`` computes, at a twentieth of its time over a real
+    vocabulary (it draws ``V`` exponentials per call: 3.3 ms against 0.15 ms for SmolLM2's
+    49,152 ids on the 2026-12-02 Zen VM, a tenth of a decode step). The sums run in float64,
+    so no token's share moves by more than about 1e-16; a token of probability zero is never
+    drawn (the first index whose cumulative sum exceeds the draw)."""
+    cdf = torch.cumsum(probs.double(), dim=-1)  # (V,)
+    total = float(cdf[-1])
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    index = int(torch.searchsorted(cdf, torch.tensor([u * total], dtype=torch.float64), right=True))
+    if index >= probs.shape[-1]:  # u * total rounded up to the total: the last possible token
+        index = int(probs.nonzero()[-1])
+    return index
+
+
 def sample(
     logits: torch.Tensor,
     params: SamplingParams,
@@ -150,5 +169,4 @@ def sample(
     processed = process_logits(logits, params, **state)  # (V,)
     if params.greedy:
         return argmax(processed)
-    probs = torch.softmax(processed, dim=-1)  # (V,)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return draw(torch.softmax(processed, dim=-1), generator)
