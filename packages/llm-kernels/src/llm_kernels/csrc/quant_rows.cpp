@@ -60,7 +60,7 @@ constexpr int64_t kMaxRows = 16;         // input rows per call
 constexpr int64_t kChunkBytes = 131072;  // weights (bytes) per unit of work sharing
 constexpr int64_t kSerialBytes = 262144; // a smaller matrix stays on one thread
 
-enum Format : int64_t { kQ8_0 = 0, kQ4_0 = 1, kQ4_1 = 2, kInt8 = 3, kQ4 = 4 };
+enum Format : int64_t { kQ8_0 = 0, kQ4_0 = 1, kQ4_1 = 2, kInt8 = 3, kQ4 = 4, kQ4_0x8 = 5, kQ4_1x8 = 6 };
 
 inline float half_to_float(uint16_t h) {
 #if defined(__F16C__)
@@ -207,6 +207,22 @@ inline __m256i dot_acc(__m256i acc, __m256i u, __m256i s) {
 #endif
 }
 
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)
+constexpr bool kVnni = true;
+#else
+constexpr bool kVnni = false;
+#endif
+
+// Without VNNI: the int16 sums of adjacent pairs of u . s for two products (maddubs each)
+// added in int16 before they are widened (one madd for both): exact while every sum fits,
+// as it does for 4-bit weights (0..15) and activations of at most 127 in magnitude (two
+// pairs: 2 * 2 * 15 * 127 = 7620). Zen's one integer multiply pipe then does three multiplies
+// for two products instead of four.
+inline __m256i pair_sums16(__m256i u0, __m256i s0, __m256i u1, __m256i s1) {
+  return _mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1));
+}
+inline __m256i widen16(__m256i v) { return _mm256_madd_epi16(v, _mm256_set1_epi16(1)); }
+
 // 8 int32 partial sums of w . x: w unsigned (4-bit) or signed (8-bit), x signed.
 template <int F>
 inline __m256i dot_i8(__m256i w, __m256i x) {
@@ -283,11 +299,14 @@ inline int64_t pairs_4bit(const Weights& w, int64_t n, const Acts& a, __m256 (&a
       if constexpr (Min) mv[r] = _mm256_permutevar8x32_ps(h, m_lanes);
     }
     for (int mm = 0; mm < M; ++mm) {
+      // elements 0-15 of both blocks, then 16-31: 128-bit loads into the two lanes (a
+      // lane-crossing permute of two 256-bit loads costs Zen 1 eight micro-ops)
       const int8_t* xp = a.qx + mm * a.k + b * kQK;
-      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp));
-      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + kQK));
-      const __m256i xlo = _mm256_permute2x128_si256(x0, x1, 0x20);  // elements 0-15 of each
-      const __m256i xhi = _mm256_permute2x128_si256(x0, x1, 0x31);  // elements 16-31
+      const __m128i* x16 = reinterpret_cast<const __m128i*>(xp);
+      const __m256i xlo = _mm256_inserti128_si256(
+          _mm256_castsi128_si256(_mm_loadu_si128(x16)), _mm_loadu_si128(x16 + 2), 1);
+      const __m256i xhi = _mm256_inserti128_si256(
+          _mm256_castsi128_si256(_mm_loadu_si128(x16 + 1)), _mm_loadu_si128(x16 + 3), 1);
       const float* dxp = a.dx + mm * blocks + b;
       const __m256 dxv = _mm256_blend_ps(_mm256_set1_ps(dxp[0]), _mm256_set1_ps(dxp[1]), 0xF0);
       __m256i corr = zero;
@@ -296,12 +315,21 @@ inline int64_t pairs_4bit(const Weights& w, int64_t n, const Acts& a, __m256 (&a
         const float* sxp = a.sx + mm * blocks + b;
         sxv = _mm256_mul_ps(_mm256_set1_ps(0.25f),
                             _mm256_blend_ps(_mm256_set1_ps(sxp[0]), _mm256_set1_ps(sxp[1]), 0xF0));
-      } else {
+      } else if constexpr (kVnni) {
         corr = dot_acc(dot_acc(zero, eight, xlo), eight, xhi);  // 8 sum(x), lane by lane
+      } else {
+        corr = pair_sums16(eight, xlo, eight, xhi);  // the same in int16 pair sums
       }
       for (int r = 0; r < R; ++r) {
-        __m256i s = dot_acc(dot_acc(zero, lo[r], xlo), hi[r], xhi);
-        if constexpr (!Min) s = _mm256_sub_epi32(s, corr);
+        __m256i s;
+        if constexpr (kVnni) {
+          s = dot_acc(dot_acc(zero, lo[r], xlo), hi[r], xhi);
+          if constexpr (!Min) s = _mm256_sub_epi32(s, corr);
+        } else {  // |sums| <= 7620 + 4064: the zero point too in int16
+          __m256i s16 = pair_sums16(lo[r], xlo, hi[r], xhi);
+          if constexpr (!Min) s16 = _mm256_sub_epi16(s16, corr);
+          s = widen16(s16);
+        }
         acc[r][mm] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dv[r], dxv), acc[r][mm]);
         if constexpr (Min) acc[r][mm] = _mm256_fmadd_ps(mv[r], sxv, acc[r][mm]);
       }
@@ -310,28 +338,34 @@ inline int64_t pairs_4bit(const Weights& w, int64_t n, const Acts& a, __m256 (&a
   return end;
 }
 
+// p[0], p[1] in the low lanes.
+inline __m256 load2(const float* p) {
+  return _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))));
+}
+
 // Int8 activations on Q8_0 blocks, two blocks (b, b + 1) of a row at a time: each block's dot
-// product in 8 int32 lanes, folded to 4 (lanes 0-3 block b, 4-7 block b + 1) so that scaling
-// and conversion to float serve both. With VNNI the signed weights enter vpdpbusd as w + 128
-// (unsigned) and 128 sum(x), folded alike, is subtracted; without it (maddubs would saturate)
-// the signs move to the activations as in dot_i8. Adds to acc; returns the number of blocks
-// done (all but an odd last one).
+// product in 8 int32 lanes, folded to 4 (lanes 0, 1, 4, 5 block b; 2, 3, 6, 7 block b + 1:
+// the fold stays within 128-bit lanes, which Zen 1 does in one micro-op where a lane-crossing
+// permute takes eight) so that scaling and conversion to float serve both. With VNNI the
+// signed weights enter vpdpbusd as w + 128 (unsigned) and 128 sum(x), folded alike, is
+// subtracted; without it (maddubs would saturate) the signs move to the activations as in
+// dot_i8. Adds to acc; returns the number of blocks done (all but an odd last one).
 inline __m256i fold_pair(__m256i s0, __m256i s1) {
-  return _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20),
-                          _mm256_permute2x128_si256(s0, s1, 0x31));
+  return _mm256_add_epi32(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
+}
+
+// [v0, v0, v1, v1] in both 128-bit lanes: a pair's two values in fold_pair's lanes.
+inline __m256 fold_lanes(__m128 v) {
+  const __m128 u = _mm_unpacklo_ps(v, v);
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(u), u, 1);
 }
 
 template <int R, int M>
 inline int64_t pairs_q8(const Weights& w, int64_t n, const Acts& a, __m256 (&acc)[R][M]) {
   const int64_t blocks = a.k / kQK;
   const int64_t end = blocks & ~int64_t(1);
-  const __m256i d_lanes = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
   const __m256i zero = _mm256_setzero_si256();
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)
-  constexpr bool kBiased = true;
-#else
-  constexpr bool kBiased = false;
-#endif
+  constexpr bool kBiased = kVnni;
   const __m256i bias = _mm256_set1_epi8(char(0x80));
   for (int64_t b = 0; b < end; b += 2) {
     __m256i w0[R], w1[R];
@@ -342,15 +376,13 @@ inline int64_t pairs_q8(const Weights& w, int64_t n, const Acts& a, __m256 (&acc
       w0[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
       w1[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 36));
       if constexpr (kBiased) w0[r] = _mm256_xor_si256(w0[r], bias), w1[r] = _mm256_xor_si256(w1[r], bias);
-      const __m256 h = _mm256_castps128_ps256(pair_scales<kQ8_0, false>(w, n + r, b));
-      dv[r] = _mm256_permutevar8x32_ps(h, d_lanes);
+      dv[r] = fold_lanes(pair_scales<kQ8_0, false>(w, n + r, b));
     }
     for (int mm = 0; mm < M; ++mm) {
       const int8_t* xp = a.qx + mm * a.k + b * kQK;
       const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp));
       const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + kQK));
-      const float* dxp = a.dx + mm * blocks + b;
-      const __m256 dxv = _mm256_blend_ps(_mm256_set1_ps(dxp[0]), _mm256_set1_ps(dxp[1]), 0xF0);
+      const __m256 dxv = fold_lanes(_mm256_castps256_ps128(load2(a.dx + mm * blocks + b)));
       __m256i corr = zero;
       if constexpr (kBiased) corr = fold_pair(dot_acc(zero, bias, x0), dot_acc(zero, bias, x1));
       for (int r = 0; r < R; ++r) {
@@ -407,11 +439,6 @@ inline void load_block16(const BlockRef& r, __m256i& lo, __m256i& hi) {
 // with int16 activations: -8 sum(qx) in one lane, so that the sum is dot(q - 8, qx), exact.
 inline __m256i centring16(int32_t sum_qx) {
   return _mm256_setr_epi32(-8 * sum_qx, 0, 0, 0, 0, 0, 0, 0);
-}
-
-// p[0], p[1] in the low lanes.
-inline __m256 load2(const float* p) {
-  return _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))));
 }
 
 // The float16 scales (and mins) of blocks b and b + 1 of rows n..n+R-1 (R <= 4), converted
@@ -523,7 +550,6 @@ template <int R, int M>
 inline int64_t pairs_q8_16(const Weights& w, int64_t n, const Acts& a, __m256 (&acc)[R][M]) {
   const int64_t blocks = a.k / kQK;
   const int64_t end = blocks & ~int64_t(1);
-  const __m256i d_lanes = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
   const __m256i zero = _mm256_setzero_si256();
   for (int64_t b = 0; b < end; b += 2) {
     __m256i wv[R][4];
@@ -537,15 +563,13 @@ inline int64_t pairs_q8_16(const Weights& w, int64_t n, const Acts& a, __m256 (&
       wv[r][1] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q0 + 1));
       wv[r][2] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q1));
       wv[r][3] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q1 + 1));
-      const __m256 h = _mm256_castps128_ps256(pair_scales<kQ8_0, false>(w, n + r, b));
-      dv[r] = _mm256_permutevar8x32_ps(h, d_lanes);
+      dv[r] = fold_lanes(pair_scales<kQ8_0, false>(w, n + r, b));
     }
     for (int mm = 0; mm < M; ++mm) {
       const __m256i* xp = reinterpret_cast<const __m256i*>(a.qw + mm * a.k + b * kQK);
       const __m256i x0 = _mm256_loadu_si256(xp), x1 = _mm256_loadu_si256(xp + 1);
       const __m256i x2 = _mm256_loadu_si256(xp + 2), x3 = _mm256_loadu_si256(xp + 3);
-      const float* dxp = a.dx + mm * blocks + b;
-      const __m256 dxv = _mm256_blend_ps(_mm256_set1_ps(dxp[0]), _mm256_set1_ps(dxp[1]), 0xF0);
+      const __m256 dxv = fold_lanes(_mm256_castps256_ps128(load2(a.dx + mm * blocks + b)));
       for (int r = 0; r < R; ++r) {
         const __m256i s0 = dot16_acc(dot16_acc(zero, wv[r][0], x0), wv[r][1], x1);
         const __m256i s1 = dot16_acc(dot16_acc(zero, wv[r][2], x2), wv[r][3], x3);
@@ -689,6 +713,117 @@ void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
 
 #endif
 
+// Q4_0 / Q4_1 blocks of eight weight rows interleaved (formats 5 and 6, int8 activations
+// only; llm_kernels.reference.interleave8 writes them): rows 8g..8g+7 hold, per block b, the
+// eight rows' scales d (8 float16), for Q4_1 their mins m (8 float16), then the packed values
+// as four groups j of 32 bytes, each the bytes 4j..4j+3 of the eight rows' blocks in row order
+// (byte t of a block: element t in its low nibble, t + 16 in its high). One 256-bit load thus
+// holds four values of each of the eight rows for two runs of elements, a broadcast of the
+// activations' four matching bytes multiplies all eight rows at once, and each row's sum ends
+// in its own lane: no horizontal sums, the eight scales converted in one instruction. The
+// int16 pair sums of a block's eight multiplies are added before they are widened (at most
+// 8 * 2 * 15 * 127 = 30480: exact). Per block: y += d dx dot(q, qx) + m sx, with m = -8 d for
+// Q4_0 (the zero point in floats, where the GGUF-order kernels take it in integers: the same
+// product up to float32 rounding). Measured against the GGUF-order kernel on the 2026-12-02
+// Zen VM (no VNNI): docs/benchmarks.md.
+template <bool Min>
+constexpr int64_t x8_block_bytes() { return Min ? 160 : 144; }
+
+#if defined(__AVX2__)
+template <bool Min, int M>
+void tile_x8(const uint8_t* group, const Acts& a, float* y, int64_t ld_y) {
+  constexpr int64_t kB = x8_block_bytes<Min>();
+  constexpr int64_t kValues = Min ? 32 : 16;  // where the packed values start in a block
+  const int64_t blocks = a.k / kQK;
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256 acc[M];
+  for (int mm = 0; mm < M; ++mm) acc[mm] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* p = group + b * kB;
+    __builtin_prefetch(p + 1024, 0, 2);
+    const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256 m8 = Min ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))
+                          : _mm256_mul_ps(d8, _mm256_set1_ps(-8.f));
+    __m256i s16[M];
+    for (int mm = 0; mm < M; ++mm) s16[mm] = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + kValues + 32 * j));
+      const __m256i lo = _mm256_and_si256(v, low);                         // elements 4j..4j+3
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);  // 16 + 4j..
+      for (int mm = 0; mm < M; ++mm) {
+        const int8_t* xb = a.qx + mm * a.k + b * kQK;
+        int32_t xl, xh;
+        std::memcpy(&xl, xb + 4 * j, 4);
+        std::memcpy(&xh, xb + 16 + 4 * j, 4);
+        s16[mm] = _mm256_add_epi16(
+            s16[mm], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xl)),
+                                      _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xh))));
+      }
+    }
+    for (int mm = 0; mm < M; ++mm) {
+      const int64_t i = mm * blocks + b;
+      const __m256i s = _mm256_madd_epi16(s16[mm], ones);  // lane r: row r's dot product
+      acc[mm] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d8, _mm256_set1_ps(a.dx[i])),
+                                acc[mm]);
+      acc[mm] = _mm256_fmadd_ps(m8, _mm256_set1_ps(a.sx[i]), acc[mm]);
+    }
+  }
+  for (int mm = 0; mm < M; ++mm) _mm256_storeu_ps(y + mm * ld_y, acc[mm]);
+}
+#else
+template <bool Min, int M>
+void tile_x8(const uint8_t* group, const Acts& a, float* y, int64_t ld_y) {
+  constexpr int64_t kB = x8_block_bytes<Min>();
+  constexpr int64_t kValues = Min ? 32 : 16;
+  const int64_t blocks = a.k / kQK;
+  float acc[M][8] = {};
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* p = group + b * kB;
+    for (int r = 0; r < 8; ++r) {
+      const float d = half_to_float(read_u16(p + 2 * r));
+      const float m = Min ? half_to_float(read_u16(p + 16 + 2 * r)) : -8.f * d;
+      for (int mm = 0; mm < M; ++mm) {
+        const int8_t* xb = a.qx + mm * a.k + b * kQK;
+        int32_t dot = 0;
+        for (int j = 0; j < 4; ++j)
+          for (int t = 0; t < 4; ++t) {
+            const uint8_t byte = p[kValues + 32 * j + 4 * r + t];
+            dot += int32_t(byte & 0x0F) * xb[4 * j + t] + int32_t(byte >> 4) * xb[16 + 4 * j + t];
+          }
+        const int64_t i = mm * blocks + b;
+        acc[mm][r] += float(dot) * (d * a.dx[i]);
+        acc[mm][r] += m * a.sx[i];
+      }
+    }
+  }
+  for (int mm = 0; mm < M; ++mm)
+    for (int r = 0; r < 8; ++r) y[mm * ld_y + r] = acc[mm][r];
+}
+#endif
+
+// Output columns [begin, end) (multiples of 8) of interleaved blocks, four input rows at a time.
+template <bool Min>
+void columns_x8(const Weights& w, const Acts& a, int64_t m, float* y, int64_t out, int64_t begin,
+                int64_t end) {
+  const int64_t blocks = a.k / kQK;
+  for (int64_t n = begin; n < end; n += 8) {
+    const uint8_t* group = w.q + n * w.row_bytes;
+    for (int64_t m0 = 0; m0 < m; m0 += 4) {
+      Acts am = a;
+      am.qx = a.qx + m0 * a.k;
+      am.dx = a.dx + m0 * blocks;
+      am.sx = a.sx + m0 * blocks;
+      float* ym = y + m0 * out + n;
+      switch (std::min<int64_t>(4, m - m0)) {
+        case 1: tile_x8<Min, 1>(group, am, ym, out); break;
+        case 2: tile_x8<Min, 2>(group, am, ym, out); break;
+        case 3: tile_x8<Min, 3>(group, am, ym, out); break;
+        default: tile_x8<Min, 4>(group, am, ym, out); break;
+      }
+    }
+  }
+}
+
 // R weight rows from row n against all m input rows, four at a time.
 template <int F, bool Min, int A, int R>
 void tile_rows(const Weights& w, int64_t n, const Acts& a, int64_t m, float* y, int64_t ld_y) {
@@ -744,6 +879,8 @@ ColumnsFn pick(int64_t format, bool has_mins) {
     case kQ8_0: return &columns<kQ8_0, false, A>;
     case kQ4_0: return &columns<kQ4_0, false, A>;
     case kQ4_1: return &columns<kQ4_1, true, A>;
+    case kQ4_0x8: return &columns_x8<false>;
+    case kQ4_1x8: return &columns_x8<true>;
     case kInt8: return &columns<kInt8, false, A>;
     default: return has_mins ? &columns<kQ4, true, A> : &columns<kQ4, false, A>;
   }
@@ -836,7 +973,7 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
                       const std::optional<at::Tensor>& scales,
                       const std::optional<at::Tensor>& mins, int64_t format, int64_t group_size,
                       const std::optional<at::Tensor>& bias, int64_t activations) {
-  TORCH_CHECK(format >= kQ8_0 && format <= kQ4, "quant_rows: unknown format ", format);
+  TORCH_CHECK(format >= kQ8_0 && format <= kQ4_1x8, "quant_rows: unknown format ", format);
   TORCH_CHECK(activations >= 0 && activations <= 3,
               "quant_rows: activations must be 0, 1, 2 or 3, got ", activations);
   const bool int8_activations = activations == 1 || activations == 2;
@@ -850,10 +987,15 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
   TORCH_CHECK(k > 0 && k % kQK == 0, "quant_rows: K must be a positive multiple of 32, got ", k);
   Weights w{static_cast<const uint8_t*>(qweight.data_ptr()), qweight.size(1), nullptr, nullptr,
             nullptr, 0, 0};
-  static constexpr int64_t kBlockBytes[] = {34, 18, 20};
-  if (format <= kQ4_1) {
+  const bool x8 = format == kQ4_0x8 || format == kQ4_1x8;
+  static constexpr int64_t kBlockBytes[] = {34, 18, 20, 0, 0, 18, 20};
+  if (format <= kQ4_1 || x8) {
     TORCH_CHECK(qweight.scalar_type() == at::kByte && qweight.size(1) == k / kQK * kBlockBytes[format],
                 "quant_rows: GGUF blocks must be uint8 [N, K/32*", kBlockBytes[format], "]");
+    TORCH_CHECK(!x8 || out % 8 == 0, "quant_rows: interleaved blocks need N a multiple of 8, got ",
+                out);
+    TORCH_CHECK(!x8 || activations == 1 || activations == 2,
+                "quant_rows: interleaved blocks take int8 activations (1 or 2), got ", activations);
   } else if (format == kInt8) {
     TORCH_CHECK(qweight.scalar_type() == at::kChar && qweight.size(1) == k,
                 "quant_rows: int8 weights must be int8 [N, K]");
@@ -929,7 +1071,8 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
       run_columns(w, a, mr, yp, out, 0, out);
       continue;
     }
-    const int64_t chunk = std::max<int64_t>(4, kChunkBytes / w.row_bytes / 4 * 4);
+    const int64_t step = x8 ? 8 : 4;  // interleaved blocks: whole groups of eight rows
+    const int64_t chunk = std::max<int64_t>(step, kChunkBytes / w.row_bytes / step * step);
     const int64_t n = (out + chunk - 1) / chunk;
     const int64_t T = std::min<int64_t>(threads, n);
     const auto run = [&](int64_t c) {
