@@ -149,7 +149,9 @@ def test_draw_at_the_ends_of_the_unit_interval(monkeypatch):
     probs = torch.tensor([0.0, 0.0, 0.3, 0.0, 0.7, 0.0])
     # a draw of 0 takes the first possible id; one that rounds up to the total the last
     for u, want in ((0.0, 2), (1.0, 4), (0.29, 2), (0.31, 4)):
-        monkeypatch.setattr(torch, "rand", lambda *a, u=u, **k: torch.tensor(u, dtype=torch.float64))
+        monkeypatch.setattr(
+            torch, "rand", lambda *a, u=u, **k: torch.tensor(u, dtype=torch.float64)
+        )
         assert draw(probs) == want
 
 

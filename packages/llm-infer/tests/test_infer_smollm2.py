@@ -45,6 +45,22 @@ def cpp():
     )  # type_k/type_v 0: an F32 KV cache, like ours
 
 
+_HF: list = []
+
+
+def hf_reference():
+    """transformers' float model of the file (its own GGUF loader), loaded once."""
+    if not _HF:
+        pytest.importorskip("accelerate")
+        transformers = pytest.importorskip("transformers")
+        path = smollm2_path()
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, torch_dtype=torch.float32
+        )
+        _HF.append(torch.no_grad()(model.eval()))
+    return _HF[0]
+
+
 def chat_ids(llm, prompt: str) -> list[int]:
     return llm.tokenizer.encode(llm.chat_prompt([{"role": "user", "content": prompt}]))
 
@@ -81,7 +97,15 @@ def test_tokenization_and_greedy_match_llama_cpp(smollm2, cpp, prompt):
     row = torch.tensor(cpp.scores[len(ids) - 1 + agree])
     lead = (row[theirs[agree]] - row[ours[agree]]).item() / row.abs().max().item()
     print(f"  first difference at token {agree}: llama.cpp's lead {lead:.3%} of its largest logit")
-    assert lead < NEAR_TIE, (agree, lead, ours, theirs)
+    if lead >= NEAR_TIE:
+        # llama.cpp's own rounding moved it further (its 8-bit activations, and kernels that
+        # differ between CPUs: 1.09% and 1.17% on the 2026-12-02 Zen VM): the float
+        # reference, transformers' GGUF loader, decides; it must pick our token
+        exact = hf_reference()(torch.tensor([ids + ours[:agree]])).logits[0, -1]
+        margin = (exact[theirs[agree]] - exact[ours[agree]]).item() / exact.abs().max().item()
+        print(f"  the float reference's lead of llama.cpp's token over ours: {margin:.3%}")
+        assert margin < 0, (agree, lead, margin, ours, theirs)
+        return
     from llm_quant.gguf_tools import validate
 
     same = validate(smollm2_path(), text, max_tokens=GREEDY_TOKENS, head_activations="int8")
@@ -96,12 +120,7 @@ def test_tokenization_and_greedy_match_llama_cpp(smollm2, cpp, prompt):
 
 @pytest.mark.peers
 def test_logits_match_transformers_gguf_loader(smollm2):
-    pytest.importorskip("accelerate")
-    transformers = pytest.importorskip("transformers")
-    path = smollm2_path()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, torch_dtype=torch.float32
-    ).eval()
+    hf = hf_reference()
     ids = torch.tensor([chat_ids(smollm2, PROMPTS[0])])
     with torch.no_grad():
         expected = hf(ids).logits  # [1, T, V]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gguf
+import numpy as np
 import pytest
 import torch
+from llm_kernels import native, quant
 from llm_quant import GGUFEmbedding, GGUFLinear
 from llm_quant.gguf import (
     HEAD_ACTIVATIONS,
@@ -53,11 +55,23 @@ def test_quantized_load_keeps_the_blocks_and_matches_hf(arch, tie, qtype, tiny_g
     ours, file = load_gguf_model(path)
     layers = [m for m in ours.modules() if isinstance(m, GGUFLinear)]
     assert len(layers) == 7 * ours.config.n_layer + 1  # q k v o gate up down, and the head
-    assert all(m.format == qtype.name.lower() for m in layers)
+    kind = qtype.name.lower()
+    # 4-bit layers with int8 activations interleave eight rows (the native kernel's fast
+    # layout), a tied head keeps the embedding's blocks, Q8_0 the file's
+    for m in layers:
+        fast = kind != "q8_0" and m.activations == "int8" and native.available()
+        want = kind + "x8" if fast and not (tie and m is ours.lm_head) else kind
+        assert m.format == want, (m, want)
     assert isinstance(ours.model.embed_tokens, GGUFEmbedding)  # rows dequantized on lookup
     o_proj = ours.model.layers[0].self_attn.o_proj
     mapped = file.tensors["blk.0.attn_output.weight"].data
-    assert o_proj.blocks.data_ptr() == mapped.ctypes.data  # the file's bytes, not a copy
+    if o_proj.interleaved:  # the same bytes in another order; the state dict in the file's
+        assert torch.equal(
+            o_proj.state_dict()["blocks"], torch.from_numpy(np.array(mapped)).view_as(o_proj.blocks)
+        )
+        assert o_proj.native_weight()[1] == quant.FORMATS[kind + "x8"]
+    else:
+        assert o_proj.blocks.data_ptr() == mapped.ctypes.data  # the file's bytes, not a copy
     ids = torch.randint(
         0, hf.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(2)
     )

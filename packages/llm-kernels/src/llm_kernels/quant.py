@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from llm_kernels import native, reference
 from llm_kernels.ops import _needs_grad, _triton_runs, triton_ops
 
-Format = Literal["q8_0", "q4_0", "q4_1", "int8", "q4"]
+Format = Literal["q8_0", "q4_0", "q4_1", "int8", "q4", "q4_0x8", "q4_1x8"]
 Activations = Literal["int8", "float", "int8-token", "int16"]
 _MODES = {"float": 0, "int8": 1, "int8-token": 2, "int16": 3}  # the kernel's codes
 
@@ -52,13 +52,25 @@ _MODES = {"float": 0, "int8": 1, "int8-token": 2, "int16": 3}  # the kernel's co
 # rows, even at 128, slower at 512; docs/benchmarks.md). "int16" stays int16 there: within
 # about 3e-6 of that product and faster (the same matrix, 128 rows: 2.6 ms against 4.7 ms).
 PROMPT_ROWS = 128
-FORMATS: dict[str, int] = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "int8": 3, "q4": 4}  # kernel codes
+# kernel codes; q4_0x8 and q4_1x8 are Q4_0 / Q4_1 with eight rows interleaved
+# (reference.interleave8), multiplied with int8 activations only
+FORMATS: dict[str, int] = {
+    "q8_0": 0,
+    "q4_0": 1,
+    "q4_1": 2,
+    "int8": 3,
+    "q4": 4,
+    "q4_0x8": 5,
+    "q4_1x8": 6,
+}
 DEFAULT_ACTIVATIONS: dict[str, Activations] = {
     "q8_0": "int8",
     "q4_0": "int8",
     "q4_1": "int8",
     "int8": "int8",
     "q4": "int8",
+    "q4_0x8": "int8",
+    "q4_1x8": "int8",
 }
 
 
@@ -73,6 +85,10 @@ def dequantize(
     """The float32 ``[N, K]`` weight that ``qweight`` (and ``scales``, ``mins``) encode in
     ``format``; see :mod:`llm_kernels.reference`. Raises ``ValueError`` on an unknown format or
     inconsistent shapes."""
+    if format in reference.INTERLEAVED:
+        kind = reference.INTERLEAVED[format]
+        k = qweight.shape[-1] // reference.BLOCK_BYTES[kind] * reference.QK
+        return dequantize(reference.deinterleave8(qweight, k, format), kind)  # type: ignore[arg-type]
     if format in reference.BLOCK_BYTES:
         k = qweight.shape[-1] // reference.BLOCK_BYTES[format] * reference.QK
         fn = {
@@ -117,7 +133,11 @@ def quant_linear(
     if mode not in _MODES:
         raise ValueError(f"activations must be one of {sorted(_MODES)}, got {mode!r}")
     _check_shapes(x, qweight, format, scales, mins, group_size)
-    if _triton_applies(x, qweight, scales, mins, bias):
+    interleaved = format in reference.INTERLEAVED
+    # the native kernel multiplies interleaved blocks with float or int8 activations: int16
+    # takes the dequantized weight below
+    native_mode = not interleaved or mode != "int16"
+    if _triton_applies(x, qweight, scales, mins, bias) and not interleaved:
         return triton_ops.quant_linear(
             x,
             qweight,
@@ -128,7 +148,7 @@ def quant_linear(
             bias=bias,
             int8_activations=mode == "int8-token" and format == "int8",
         )
-    if _kernel_applies(x, qweight, bias) and native.available():
+    if native_mode and _kernel_applies(x, qweight, bias) and native.available():
         if mode == "int8" and x.numel() > native.MAX_ROWS * x.shape[-1]:
             mode = "float"  # a prompt: the exact product, as the fallback below computes it
         return torch.ops.llm_kernels.quant_rows.default(
@@ -190,6 +210,10 @@ def _check_shapes(
     if qweight.dim() != 2:
         raise ValueError(f"{format}: qweight must be 2-D, got {tuple(qweight.shape)}")
     n = qweight.shape[0]
+    if format in reference.INTERLEAVED:
+        if n % 8:
+            raise ValueError(f"{format}: interleaved blocks need N a multiple of 8, got {n}")
+        format = reference.INTERLEAVED[format]
     if format in reference.BLOCK_BYTES:
         want, dtype = (k // reference.QK * reference.BLOCK_BYTES[format]), torch.uint8
         if k % reference.QK != 0:

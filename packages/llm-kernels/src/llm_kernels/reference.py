@@ -232,6 +232,60 @@ def dequantize_q4_1(blocks: torch.Tensor, k: int) -> torch.Tensor:
     return (q * d + m).reshape(b.shape[0], k)
 
 
+# Q4_0 / Q4_1 with eight rows interleaved (the native kernel's formats 5 and 6, for CPUs: see
+# quant_rows.cpp): rows 8g..8g+7 become, per block b, the eight rows' d (8 float16), for Q4_1
+# their m (8 float16), then the packed bytes as four groups j of 32 bytes, group j the bytes
+# 4j..4j+3 of each row's block in row order. Same size and shape as the GGUF blocks; N must be
+# a multiple of 8. interleave8 and deinterleave8 are exact inverses.
+INTERLEAVED = {"q4_0x8": "q4_0", "q4_1x8": "q4_1"}  # the layout -> the GGUF format it holds
+
+
+def _x8_parts(kind: str) -> tuple[int, int]:
+    """(bytes of scales and mins per row's block, bytes of packed values) for a 4-bit kind."""
+    return (2, 16) if kind == "q4_0" else (4, 16)
+
+
+def interleave8(blocks: torch.Tensor, k: int, kind: str) -> torch.Tensor:
+    """GGUF ``kind`` (``"q4_0"`` or ``"q4_1"``) blocks ``uint8 [N, K/32*B]`` -> the same
+    blocks with eight rows interleaved (``kind + "x8"``), a new contiguous tensor of the same
+    shape. Raises ``ValueError`` on another kind, a wrong layout or N not a multiple of 8."""
+    if kind not in ("q4_0", "q4_1"):
+        raise ValueError(f"interleave8: only q4_0 and q4_1 blocks interleave, got {kind!r}")
+    b = _gguf_blocks(blocks, k, kind)  # (N, nb, B)
+    n, nb, size = b.shape
+    if n % 8:
+        raise ValueError(f"interleave8: {n} rows are not a multiple of 8")
+    head, _ = _x8_parts(kind)
+    g = b.reshape(n // 8, 8, nb, size).transpose(1, 2)  # (G, nb, 8, B)
+    parts = [g[..., 0:2].reshape(n // 8, nb, 16)]  # the eight d
+    if head == 4:
+        parts.append(g[..., 2:4].reshape(n // 8, nb, 16))  # the eight m
+    values = g[..., head:].reshape(n // 8, nb, 8, 4, 4).transpose(2, 3)  # (G, nb, j, row, 4)
+    parts.append(values.reshape(n // 8, nb, 128))
+    return torch.cat(parts, dim=-1).reshape(n, nb * size).contiguous()
+
+
+def deinterleave8(blocks: torch.Tensor, k: int, layout: str) -> torch.Tensor:
+    """The inverse of :func:`interleave8`: ``layout`` (``"q4_0x8"``, ``"q4_1x8"``) blocks back
+    in GGUF order. Raises ``ValueError`` on a wrong layout."""
+    if layout not in INTERLEAVED:
+        raise ValueError(f"deinterleave8: unknown layout {layout!r}")
+    kind = INTERLEAVED[layout]
+    b = _gguf_blocks(blocks, k, kind)  # (N, nb, B): the same sizes, another order
+    n, nb, size = b.shape
+    if n % 8:
+        raise ValueError(f"deinterleave8: {n} rows are not a multiple of 8")
+    head, _ = _x8_parts(kind)
+    g = b.reshape(n // 8, nb, 8 * size)  # (G, nb, 8B)
+    parts = [g[..., 0:16].reshape(n // 8, nb, 8, 2)]
+    if head == 4:
+        parts.append(g[..., 16:32].reshape(n // 8, nb, 8, 2))
+    values = g[..., 8 * head :].reshape(n // 8, nb, 4, 8, 4).transpose(2, 3)  # (G, nb, row, j, 4)
+    parts.append(values.reshape(n // 8, nb, 8, 16))
+    rows = torch.cat(parts, dim=-1)  # (G, nb, 8, B)
+    return rows.transpose(1, 2).reshape(n, nb * size).contiguous()
+
+
 def dequantize_int8(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """The project's int8 weights: ``qweight`` int8 ``[N, K]`` and ``scales`` float32 ``[N]``
     (symmetric per output channel) -> float32 ``[N, K]`` (value = q * scale).

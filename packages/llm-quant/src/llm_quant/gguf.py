@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from llm_core import ConfigError, ModelConfig, Transformer
+from llm_kernels import native
 
 from llm_quant.dequant import dequantize, supported_types
 from llm_quant.linear import GGUFEmbedding, GGUFLinear
@@ -289,6 +290,19 @@ class GGUFFile:
                 offset=start,
                 data=data[start : start + n_bytes],
             )
+
+    def release(self, info: TensorInfo) -> None:
+        """Tell the OS this process no longer needs the whole pages of ``info``'s bytes
+        (``MADV_DONTNEED`` on the read-only mapping: they leave the resident set, and a later
+        read faults them in again from the file). A no-op where madvise is unavailable."""
+        mapping = getattr(info.data.base, "_mmap", None) or getattr(info.data, "_mmap", None)
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if mapping is None or advice is None:
+            return
+        start = -(-info.offset // mmap.PAGESIZE) * mmap.PAGESIZE  # inward to whole pages
+        end = (info.offset + info.n_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start:
+            mapping.madvise(advice, start, end - start)
 
     @property
     def architecture(self) -> str:
@@ -578,6 +592,7 @@ def load_gguf_model(
     modules = dict(model.named_modules())
     state: dict[str, torch.Tensor] = {}
     tied_head: GGUFLinear | None = None
+    sources: dict[GGUFLinear, TensorInfo] = {}  # each layer's tensor in the file
     for name, info, tensor in iter_model_tensors(gguf, config, keep_quantized=keep):
         if tensor.dtype == torch.uint8 and name == "model.embed_tokens.weight":
             fmt = KEPT_TYPES[info.type]
@@ -605,6 +620,7 @@ def load_gguf_model(
             parent, _, child = layer_name.rpartition(".")
             setattr(modules[parent] if parent else model, child, new)
             state[f"{layer_name}.blocks"] = tensor
+            sources[new] = info
             continue
         state[name] = tensor.to(device=device or "cpu", dtype=target)
     missing = [k for k in model.state_dict() if k not in state]
@@ -618,6 +634,13 @@ def load_gguf_model(
         model.lm_head = tied_head
     elif config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
+    if keep and native.available():
+        # 4-bit layers in the layout the native kernel multiplies fastest (a tied head shares
+        # the embedding's blocks and keeps them); the file's pages they were read from are
+        # let go (they stay mapped: read again, they come back from the file)
+        for layer, info in sources.items():
+            if layer.interleave():
+                gguf.release(info)
     rotary = model.model.rotary_emb
     if rotary is not None:  # a non-persistent buffer, still on 'meta' after assign
         rotary.inv_freq = type(rotary)(config).inv_freq.to(device or "cpu")

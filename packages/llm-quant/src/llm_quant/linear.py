@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from llm_kernels import quant
+from llm_kernels import quant, reference
 from llm_kernels.reference import BLOCK_BYTES, QK
 from torch import nn
 
@@ -230,6 +230,45 @@ class GGUFLinear(QuantLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._product(x, qweight=self.blocks)
+
+    @property
+    def interleaved(self) -> bool:
+        """Whether ``blocks`` hold eight rows interleaved (see :meth:`interleave`)."""
+        return self.format in reference.INTERLEAVED
+
+    def interleave(self) -> bool:
+        """Keep Q4_0 / Q4_1 blocks with eight rows interleaved (llm-kernels' ``q4_0x8`` /
+        ``q4_1x8``): the same values in a layout the CPU kernel multiplies about twice as fast
+        (no horizontal sums; docs/benchmarks.md), a copy in place of the file's blocks. Only
+        for int8 activations (which prompts then keep too, as llama.cpp does, where the GGUF
+        order multiplies prompts with float activations), CPU blocks and a multiple of 8
+        outputs; ``format`` names the layout and ``state_dict`` still holds the file's order.
+        Returns whether the layer changed."""
+        if (
+            self.format not in ("q4_0", "q4_1")
+            or self.activations != "int8"
+            or self.out_features % 8
+            or self.blocks.device.type != "cpu"
+        ):
+            return False
+        self.blocks = reference.interleave8(self.blocks, self.in_features, self.format)
+        self.format = self.format + "x8"
+        return True
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.interleaved:  # the file's order: a state dict means the same in any layer
+            destination[prefix + "blocks"] = reference.deinterleave8(
+                self.blocks, self.in_features, self.format
+            )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        key = prefix + "blocks"
+        if self.interleaved and key in state_dict:
+            kind = reference.INTERLEAVED[self.format]
+            state_dict = dict(state_dict)
+            state_dict[key] = reference.interleave8(state_dict[key], self.in_features, kind)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def native_weight(self) -> tuple[torch.Tensor, int] | None:
         """``(blocks, format code)`` for llm-kernels' fused decode step

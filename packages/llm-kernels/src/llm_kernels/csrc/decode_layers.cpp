@@ -108,6 +108,8 @@ struct Acts {
 struct Matrix {
   const void* w = nullptr;
   int64_t format = kFloat, n = 0, row_bytes = 0;
+  // rows a unit of work starts at a multiple of: interleaved blocks come in groups of 8
+  int64_t rows_together() const { return format >= 5 ? 8 : 4; }
 };
 
 // y[r * ld + j] = (a_r . w_j) for output rows j in [begin, end) of m.
@@ -129,8 +131,13 @@ Matrix matrix(const at::Tensor& w, int64_t format, int64_t k, const char* what) 
     TORCH_CHECK(w.scalar_type() == at::kFloat && w.size(1) == k, kOp, "float ", what,
                 " must be float32 with ", k, " inputs, got ", w.sizes());
   } else {
-    static constexpr int64_t kBlockBytes[] = {34, 18, 20};
-    TORCH_CHECK(format >= 0 && format <= 2, kOp, "unknown weight format ", format);
+    // quant_rows' codes: 0 Q8_0, 1 Q4_0, 2 Q4_1; 5, 6 the same 4-bit blocks, eight rows
+    // interleaved (llm_kernels.reference.interleave8)
+    static constexpr int64_t kBlockBytes[] = {34, 18, 20, 0, 0, 18, 20};
+    TORCH_CHECK(format >= 0 && format <= 6 && kBlockBytes[format] > 0, kOp,
+                "unknown weight format ", format);
+    TORCH_CHECK(format < 5 || w.size(0) % 8 == 0, kOp, "interleaved ", what,
+                " needs rows in groups of 8, got ", w.size(0));
     TORCH_CHECK(k % kQK == 0, kOp, "a quantized ", what, " needs inputs in blocks of 32, got ", k);
     TORCH_CHECK(w.scalar_type() == at::kByte && w.size(1) == k / kQK * kBlockBytes[format],
                 kOp, "a quantized ", what, "'s rows hold ", w.size(1), " bytes, expected ",
@@ -156,7 +163,7 @@ struct Part {
 void add_parts(std::vector<Part>& parts, const std::vector<Matrix>& ms, float* y, int64_t ld) {
   int64_t offset = 0;
   for (const Matrix& m : ms) {
-    const int64_t step = chunk_rows(m, 4);
+    const int64_t step = chunk_rows(m, m.rows_together());
     for (int64_t r = 0; r < m.n; r += step) parts.push_back({&m, y + offset, ld, r, std::min(m.n, r + step)});
     offset += m.n;
   }

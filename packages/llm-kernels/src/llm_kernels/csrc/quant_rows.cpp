@@ -770,6 +770,55 @@ void tile_x8(const uint8_t* group, const Acts& a, float* y, int64_t ld_y) {
   }
   for (int mm = 0; mm < M; ++mm) _mm256_storeu_ps(y + mm * ld_y, acc[mm]);
 }
+
+// Float activations (prompts: the exact dequantized product up to float32 rounding): each
+// group's bytes transposed in registers so that one vector holds one element of the eight
+// rows, widened to float and multiplied by that element of x broadcast; per block
+// y += d sum(q x) + m sum(x) (m = -8 d for Q4_0).
+template <bool Min, int M>
+void tile_x8_float(const uint8_t* group, const Acts& a, float* y, int64_t ld_y) {
+  constexpr int64_t kB = x8_block_bytes<Min>();
+  constexpr int64_t kValues = Min ? 32 : 16;
+  const int64_t blocks = a.k / kQK;
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  // per 128-bit lane (four rows): byte 4r + e -> 4e + r
+  const __m256i transpose = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                             0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  __m256 acc[M];
+  for (int mm = 0; mm < M; ++mm) acc[mm] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* p = group + b * kB;
+    __builtin_prefetch(p + 1024, 0, 2);
+    const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256 m8 = Min ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))
+                          : _mm256_mul_ps(d8, _mm256_set1_ps(-8.f));
+    __m256 sum[M];
+    for (int mm = 0; mm < M; ++mm) sum[mm] = _mm256_setzero_ps();
+    for (int j = 0; j < 4; ++j) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + kValues + 32 * j));
+      for (int h = 0; h < 2; ++h) {  // low nibbles: elements 4j..4j+3; high: 16 + 4j..
+        const __m256i q = _mm256_and_si256(h ? _mm256_srli_epi16(v, 4) : v, low);
+        const __m256i t = _mm256_shuffle_epi8(q, transpose);
+        const __m128i t0 = _mm256_castsi256_si128(t), t1 = _mm256_extracti128_si256(t, 1);
+        const __m128i e01 = _mm_unpacklo_epi32(t0, t1), e23 = _mm_unpackhi_epi32(t0, t1);
+        const __m256 w[4] = {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(e01)),
+                             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(e01, 8))),
+                             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(e23)),
+                             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(e23, 8)))};
+        const int64_t first = b * kQK + 16 * h + 4 * j;
+        for (int mm = 0; mm < M; ++mm) {
+          const float* xp = a.x + mm * a.k + first;
+          for (int e = 0; e < 4; ++e) sum[mm] = _mm256_fmadd_ps(w[e], _mm256_set1_ps(xp[e]), sum[mm]);
+        }
+      }
+    }
+    for (int mm = 0; mm < M; ++mm) {
+      acc[mm] = _mm256_fmadd_ps(sum[mm], d8, acc[mm]);
+      acc[mm] = _mm256_fmadd_ps(m8, _mm256_set1_ps(a.sx[mm * blocks + b]), acc[mm]);
+    }
+  }
+  for (int mm = 0; mm < M; ++mm) _mm256_storeu_ps(y + mm * ld_y, acc[mm]);
+}
 #else
 template <bool Min, int M>
 void tile_x8(const uint8_t* group, const Acts& a, float* y, int64_t ld_y) {
@@ -799,10 +848,38 @@ void tile_x8(const uint8_t* group, const Acts& a, float* y, int64_t ld_y) {
   for (int mm = 0; mm < M; ++mm)
     for (int r = 0; r < 8; ++r) y[mm * ld_y + r] = acc[mm][r];
 }
+
+template <bool Min, int M>
+void tile_x8_float(const uint8_t* group, const Acts& a, float* y, int64_t ld_y) {
+  constexpr int64_t kB = x8_block_bytes<Min>();
+  constexpr int64_t kValues = Min ? 32 : 16;
+  const int64_t blocks = a.k / kQK;
+  float acc[M][8] = {};
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* p = group + b * kB;
+    for (int r = 0; r < 8; ++r) {
+      const float d = half_to_float(read_u16(p + 2 * r));
+      const float m = Min ? half_to_float(read_u16(p + 16 + 2 * r)) : -8.f * d;
+      for (int mm = 0; mm < M; ++mm) {
+        const float* xb = a.x + mm * a.k + b * kQK;
+        float sum = 0.f;
+        for (int j = 0; j < 4; ++j)
+          for (int t = 0; t < 4; ++t) {
+            const uint8_t byte = p[kValues + 32 * j + 4 * r + t];
+            sum += float(byte & 0x0F) * xb[4 * j + t] + float(byte >> 4) * xb[16 + 4 * j + t];
+          }
+        acc[mm][r] += sum * d;
+        acc[mm][r] += m * a.sx[mm * blocks + b];
+      }
+    }
+  }
+  for (int mm = 0; mm < M; ++mm)
+    for (int r = 0; r < 8; ++r) y[mm * ld_y + r] = acc[mm][r];
+}
 #endif
 
 // Output columns [begin, end) (multiples of 8) of interleaved blocks, four input rows at a time.
-template <bool Min>
+template <bool Min, int A>
 void columns_x8(const Weights& w, const Acts& a, int64_t m, float* y, int64_t out, int64_t begin,
                 int64_t end) {
   const int64_t blocks = a.k / kQK;
@@ -810,15 +887,26 @@ void columns_x8(const Weights& w, const Acts& a, int64_t m, float* y, int64_t ou
     const uint8_t* group = w.q + n * w.row_bytes;
     for (int64_t m0 = 0; m0 < m; m0 += 4) {
       Acts am = a;
-      am.qx = a.qx + m0 * a.k;
-      am.dx = a.dx + m0 * blocks;
+      am.x = a.x ? a.x + m0 * a.k : nullptr;
+      am.qx = a.qx ? a.qx + m0 * a.k : nullptr;
+      am.dx = a.dx ? a.dx + m0 * blocks : nullptr;
       am.sx = a.sx + m0 * blocks;
       float* ym = y + m0 * out + n;
-      switch (std::min<int64_t>(4, m - m0)) {
-        case 1: tile_x8<Min, 1>(group, am, ym, out); break;
-        case 2: tile_x8<Min, 2>(group, am, ym, out); break;
-        case 3: tile_x8<Min, 3>(group, am, ym, out); break;
-        default: tile_x8<Min, 4>(group, am, ym, out); break;
+      const int64_t rows = std::min<int64_t>(4, m - m0);
+      if constexpr (A == kFloatAct) {
+        switch (rows) {
+          case 1: tile_x8_float<Min, 1>(group, am, ym, out); break;
+          case 2: tile_x8_float<Min, 2>(group, am, ym, out); break;
+          case 3: tile_x8_float<Min, 3>(group, am, ym, out); break;
+          default: tile_x8_float<Min, 4>(group, am, ym, out); break;
+        }
+      } else {
+        switch (rows) {
+          case 1: tile_x8<Min, 1>(group, am, ym, out); break;
+          case 2: tile_x8<Min, 2>(group, am, ym, out); break;
+          case 3: tile_x8<Min, 3>(group, am, ym, out); break;
+          default: tile_x8<Min, 4>(group, am, ym, out); break;
+        }
       }
     }
   }
@@ -879,8 +967,8 @@ ColumnsFn pick(int64_t format, bool has_mins) {
     case kQ8_0: return &columns<kQ8_0, false, A>;
     case kQ4_0: return &columns<kQ4_0, false, A>;
     case kQ4_1: return &columns<kQ4_1, true, A>;
-    case kQ4_0x8: return &columns_x8<false>;
-    case kQ4_1x8: return &columns_x8<true>;
+    case kQ4_0x8: return &columns_x8<false, A == kFloatAct ? kFloatAct : kInt8Act>;
+    case kQ4_1x8: return &columns_x8<true, A == kFloatAct ? kFloatAct : kInt8Act>;
     case kInt8: return &columns<kInt8, false, A>;
     default: return has_mins ? &columns<kQ4, true, A> : &columns<kQ4, false, A>;
   }
@@ -994,8 +1082,9 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& qweight,
                 "quant_rows: GGUF blocks must be uint8 [N, K/32*", kBlockBytes[format], "]");
     TORCH_CHECK(!x8 || out % 8 == 0, "quant_rows: interleaved blocks need N a multiple of 8, got ",
                 out);
-    TORCH_CHECK(!x8 || activations == 1 || activations == 2,
-                "quant_rows: interleaved blocks take int8 activations (1 or 2), got ", activations);
+    TORCH_CHECK(!x8 || activations != 3,
+                "quant_rows: interleaved blocks take float or int8 activations (0, 1, 2), got ",
+                activations);
   } else if (format == kInt8) {
     TORCH_CHECK(qweight.scalar_type() == at::kChar && qweight.size(1) == k,
                 "quant_rows: int8 weights must be int8 [N, K]");
