@@ -728,6 +728,10 @@ void tile(const Weights& w, int64_t n, const Acts& a, float* y, int64_t ld_y) {
 // Zen VM (no VNNI): docs/benchmarks.md.
 template <bool Min>
 constexpr int64_t x8_block_bytes() { return Min ? 160 : 144; }
+// Every cache line of the interleaved blocks is prefetched this far ahead: one line per
+// block (a 1 KiB distance) left a single thread at 3.5 GB/s from DRAM and the m = 1 product
+// at 6.2 ns a block; every line 4 KiB ahead, 3.2 ns (8 KiB: 3.4) on the 2026-12-02 Zen VM.
+constexpr int64_t kX8Prefetch = 4096;
 
 #if defined(__AVX2__)
 template <bool Min, int M>
@@ -740,7 +744,7 @@ void tile_x8(const uint8_t* group, const Acts& a, float* y, int64_t ld_y) {
   for (int mm = 0; mm < M; ++mm) acc[mm] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = group + b * kB;
-    __builtin_prefetch(p + 1024, 0, 2);
+    for (int64_t o = 0; o < kB; o += 64) __builtin_prefetch(p + kX8Prefetch + o, 0, 2);
     const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     const __m256 m8 = Min ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))
                           : _mm256_mul_ps(d8, _mm256_set1_ps(-8.f));
@@ -788,7 +792,7 @@ void tile_x8_float(const uint8_t* group, const Acts& a, float* y, int64_t ld_y) 
   for (int mm = 0; mm < M; ++mm) acc[mm] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = group + b * kB;
-    __builtin_prefetch(p + 1024, 0, 2);
+    for (int64_t o = 0; o < kB; o += 64) __builtin_prefetch(p + kX8Prefetch + o, 0, 2);
     const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     const __m256 m8 = Min ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))
                           : _mm256_mul_ps(d8, _mm256_set1_ps(-8.f));
