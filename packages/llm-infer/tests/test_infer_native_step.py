@@ -38,14 +38,18 @@ def quantize(model: Transformer, fmt: str, activations: str = "int8") -> Transfo
     gguf = pytest.importorskip("gguf")
     from llm_quant.linear import GGUFLinear
 
-    qtype = gguf.GGMLQuantizationType[fmt.upper()]
+    qtype = gguf.GGMLQuantizationType[fmt.removesuffix("x8").upper()]
     for layer in model.model.layers:
         for name in PROJECTIONS:
             parent_name, _, child = name.rpartition(".")
             parent = layer.get_submodule(parent_name)
             w = getattr(parent, child).weight.detach().numpy()
             blocks = torch.from_numpy(gguf.quants.quantize(w, qtype).copy())
-            new = GGUFLinear.from_blocks(blocks, fmt, w.shape[1], activations=activations)
+            new = GGUFLinear.from_blocks(
+                blocks, fmt.removesuffix("x8"), w.shape[1], activations=activations
+            )
+            if fmt.endswith("x8"):  # eight rows interleaved, as load_gguf_model keeps them
+                assert new.interleave() and new.format == fmt
             setattr(parent, child, new)
     return model
 
@@ -92,7 +96,7 @@ def test_separate_float_projections_too():
     assert logits < 1e-5 and cache < 1e-5, (logits, cache)
 
 
-@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "q4_0x8", "q4_1x8"])
 def test_gguf_layers_give_the_modules_logits_up_to_int8_rounding(fmt):
     # The same kernels with int8 activations; only the norms' float32 rounding differs, and
     # an activation block whose rounding it moves changes a product by one step of dx.
@@ -100,7 +104,7 @@ def test_gguf_layers_give_the_modules_logits_up_to_int8_rounding(fmt):
     assert logits < 2e-2 and cache < 2e-2, (logits, cache)
 
 
-@pytest.mark.parametrize("fmt", [None, "q4_0", "q8_0"])
+@pytest.mark.parametrize("fmt", [None, "q4_0", "q8_0", "q4_1x8"])
 def test_the_step_gives_the_same_bits_on_any_number_of_threads(fmt):
     # decode_layers runs the step as one parallel region whose units any thread may take;
     # every output must still come from the same operations

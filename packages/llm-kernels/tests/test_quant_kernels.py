@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from llm_kernels import native, quant
+from llm_kernels import native, quant, reference
 
 needs_native = pytest.mark.skipif(
     not native.available(), reason=f"native kernels unavailable: {native.error}"
@@ -303,3 +303,88 @@ def test_torch_fallback_rounds_per_token_activations_as_the_kernel(monkeypatch):
     torch.testing.assert_close(torch_y.double(), want, atol=1e-5, rtol=1e-5)
     if had_native:
         torch.testing.assert_close(native_y, torch_y, atol=1e-5, rtol=1e-5)
+
+
+# N multiples of 8 (interleaved blocks come in groups of eight rows); K any multiple of 32
+X8_SHAPES = [(8, 32), (16, 160), (40, 384), (72, 544)]
+
+
+@pytest.mark.parametrize("kind", ["q4_0", "q4_1"])
+def test_interleave8_is_a_reordering_of_the_blocks(kind):
+    n, k = 24, 96
+    w = random_weight(kind, n, k, 32, kind == "q4_1", seed=7)["qweight"]
+    x8 = reference.interleave8(w, k, kind)
+    assert x8.shape == w.shape and x8.dtype == torch.uint8
+    assert torch.equal(reference.deinterleave8(x8, k, kind + "x8"), w)
+    assert torch.equal(x8.flatten().sort().values, w.flatten().sort().values)
+    assert not torch.equal(x8, w)
+    # the first block of rows 0-7: the eight d first, then row 1's first four bytes at 4 .. 8
+    # of the first group of values
+    head = 2 if kind == "q4_0" else 4
+    assert torch.equal(x8[0, 2:4], w[1, :2])
+    values = 16 * (head // 2)
+    assert torch.equal(x8[0, values + 4 : values + 8], w[1, head : head + 4])
+    assert torch.equal(quant.dequantize(x8, kind + "x8"), quant.dequantize(w, kind))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        reference.interleave8(w[:12], k, kind)
+    with pytest.raises(ValueError, match="only q4_0 and q4_1"):
+        reference.interleave8(w, k, "q8_0")
+
+
+@needs_native
+@pytest.mark.parametrize("kind", ["q4_0", "q4_1"])
+@pytest.mark.parametrize("shape", X8_SHAPES)
+@pytest.mark.parametrize("activations", ["float", "int8", "int8-token", "int16"])
+def test_interleaved_blocks_match_the_dequantized_reference(kind, shape, activations):
+    """As test_quant_rows_matches_the_dequantized_reference, for q4_0x8 / q4_1x8 (int16 takes
+    the dequantized weight: the exact product)."""
+    n, k = shape
+    w = random_weight(kind, n, k, 32, kind == "q4_1", seed=n * k)["qweight"]
+    x8 = reference.interleave8(w, k, kind)
+    wd = dequantized(kind, {"qweight": w}).double()  # (N, K)
+    bias = torch.randn(n)
+    for rows in (1, 2, 5, 16, 37):
+        x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
+        got = quant.quant_linear(x, x8, kind + "x8", bias=bias, activations=activations)
+        exact = activations in ("float", "int16") or (
+            activations == "int8" and rows > native.MAX_ROWS
+        )
+        xr = x.double() if exact else quantized_activations(x, activations == "int8-token")
+        want = xr @ wd.T + bias.double()
+        scale = x.double().abs() @ wd.abs().T + 1
+        err = ((got.double() - want) / scale).abs().max().item()
+        assert got.shape == (rows, n) and err < 2e-6, f"{rows} rows: {worst(got, want, scale)}"
+
+
+@needs_native
+@pytest.mark.parametrize("kind", ["q4_0", "q4_1"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_interleaved_blocks_are_the_same_on_any_number_of_threads(kind, rows):
+    n, k = 2000, 384  # shared between threads in groups of eight rows
+    w = reference.interleave8(random_weight(kind, n, k, 32, True, seed=3)["qweight"], k, kind)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(4))
+    before = torch.get_num_threads()
+    try:
+        results = {}
+        for threads in (1, 2, 4):
+            torch.set_num_threads(threads)
+            for mode in ("float", "int8", "int8-token"):
+                results[threads, mode] = quant.quant_linear(x, w, kind + "x8", activations=mode)
+    finally:
+        torch.set_num_threads(before)
+    for (threads, mode), got in results.items():
+        assert torch.equal(got, results[1, mode]), f"{threads} threads, {mode}"
+
+
+@needs_native
+def test_quant_rows_refuses_interleaved_blocks_it_cannot_read():
+    w = reference.interleave8(
+        random_weight("q4_1", 16, 64, 32, True, seed=1)["qweight"], 64, "q4_1"
+    )
+    x = torch.randn(1, 64)
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        torch.ops.llm_kernels.quant_rows(x, w[:12], None, None, 6, 32, None, 1)
+    with pytest.raises(RuntimeError, match="float or int8 activations"):
+        torch.ops.llm_kernels.quant_rows(x, w, None, None, 6, 32, None, 3)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        quant.quant_linear(x, w[:12], "q4_1x8")

@@ -211,3 +211,26 @@ def test_metadata_and_tensors_equal_gguf_py_reader(tiny_gguf):
         assert info.type == t.tensor_type and info.n_bytes == t.n_bytes
         assert info.shape == tuple(reversed(t.shape.tolist())) and info.offset == t.data_offset
         assert info.data.tobytes() == t.data.tobytes()
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1], ids=lambda t: t.name)
+def test_an_interleaved_layer_keeps_the_files_order_in_its_state_dict(qtype):
+    w = torch.randn(24, 64, generator=torch.Generator().manual_seed(0)).numpy()
+    blocks = torch.from_numpy(gguf.quants.quantize(w, qtype).copy())
+    kind = qtype.name.lower()
+    plain = GGUFLinear.from_blocks(blocks.clone(), kind, 64)
+    layer = GGUFLinear.from_blocks(blocks.clone(), kind, 64)
+    assert layer.interleave() and layer.format == kind + "x8" and layer.interleaved
+    assert not layer.interleave()  # once
+    assert torch.equal(layer.state_dict()["blocks"], blocks)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(layer(x), plain(x), atol=1e-5, rtol=0)
+    other = torch.from_numpy(gguf.quants.quantize(w[::-1].copy(), qtype).copy())
+    layer.load_state_dict({"blocks": other})  # the file's order in, interleaved inside
+    plain.load_state_dict({"blocks": other})
+    torch.testing.assert_close(layer(x), plain(x), atol=1e-5, rtol=0)
+    assert torch.equal(layer.dequantize(), plain.dequantize())
+    # layers it does not apply to stay as they are
+    odd = GGUFLinear.from_blocks(blocks[:12].clone(), kind, 64)  # 12 rows: not groups of 8
+    int16 = GGUFLinear.from_blocks(blocks.clone(), kind, 64, activations="int16")
+    assert not odd.interleave() and not int16.interleave() and int16.format == kind
