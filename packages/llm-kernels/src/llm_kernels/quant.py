@@ -53,7 +53,7 @@ _MODES = {"float": 0, "int8": 1, "int8-token": 2, "int16": 3}  # the kernel's co
 # about 3e-6 of that product and faster (the same matrix, 128 rows: 2.6 ms against 4.7 ms).
 PROMPT_ROWS = 128
 # kernel codes; q4_0x8 and q4_1x8 are Q4_0 / Q4_1 with eight rows interleaved
-# (reference.interleave8), multiplied with int8 activations only
+# (reference.interleave8), which the native kernel multiplies with float or int8 activations
 FORMATS: dict[str, int] = {
     "q8_0": 0,
     "q4_0": 1,

@@ -240,10 +240,10 @@ class GGUFLinear(QuantLinear):
         """Keep Q4_0 / Q4_1 blocks with eight rows interleaved (llm-kernels' ``q4_0x8`` /
         ``q4_1x8``): the same values in a layout the CPU kernel multiplies about twice as fast
         (no horizontal sums; docs/benchmarks.md), a copy in place of the file's blocks. Only
-        for int8 activations (which prompts then keep too, as llama.cpp does, where the GGUF
-        order multiplies prompts with float activations), CPU blocks and a multiple of 8
-        outputs; ``format`` names the layout and ``state_dict`` still holds the file's order.
-        Returns whether the layer changed."""
+        for int8 activations (prompts past 16 rows still take float ones, the exact product,
+        as in the file's order), CPU blocks and a multiple of 8 outputs; ``format`` names the
+        layout and ``state_dict`` still holds the file's order. Returns whether the layer
+        changed."""
         if (
             self.format not in ("q4_0", "q4_1")
             or self.activations != "int8"
