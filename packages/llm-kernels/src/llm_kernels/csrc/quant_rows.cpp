@@ -6,7 +6,9 @@
 //   0 Q8_0, 1 Q4_0, 2 Q4_1: GGUF blocks, uint8 [N, K/32*B] (scales and mins unused);
 //   3 int8: int8 [N, K] with float32 scales [N];
 //   4 q4: uint8 [N, K/2] in groups of G (32, 64, 128), float16 scales [N, K/G] and optional
-//     float16 mins [N, K/G].
+//     float16 mins [N, K/G];
+//   5 Q4_0, 6 Q4_1 with eight rows interleaved (N a multiple of 8; see tile_x8): the same
+//     bytes as 1 and 2 in another order, float or int8 activations only.
 // Every format is read as blocks of 32 weights with a scale d and (4-bit) an offset m:
 // w = q * d + m, q in 0..15 (4-bit; m = -8 d when symmetric) or -127..127 (8-bit; m = 0).
 //
