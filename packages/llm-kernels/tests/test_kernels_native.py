@@ -58,10 +58,12 @@ def test_linear_rows_gives_a_row_alone_what_it_gives_it_in_a_batch(inp):
     the same sum in the same order as in a batch, so a stream decodes the same tokens alone and
     beside others (the Engine's batches)."""
     torch.manual_seed(inp)
-    x, w = torch.randn(5, inp), torch.randn(261, inp)
-    batch = torch.ops.llm_kernels.linear_rows(x, w)
-    for r in range(x.shape[0]):
-        assert torch.equal(torch.ops.llm_kernels.linear_rows(x[r : r + 1], w)[0], batch[r])
+    x, w = torch.randn(native.MAX_ROWS, inp), torch.randn(261, inp)
+    alone = [torch.ops.llm_kernels.linear_rows(x[r : r + 1], w)[0] for r in range(len(x))]
+    for n in range(2, len(x) + 1):  # every remainder of the row tiles
+        batch = torch.ops.llm_kernels.linear_rows(x[:n], w)
+        for r in range(n):
+            assert torch.equal(alone[r], batch[r]), (n, r)
 
 
 @needs_native

@@ -7,8 +7,9 @@
 // Weights are row-major ([out, in], unit stride along in); x is [..., in] with at most 16
 // rows; y is [..., out].
 //
-// llm_kernels.native compiles it at first use with -march=native; GCC's vector extensions
-// keep it portable (one AVX-512 register per vector here, two AVX2 halves elsewhere).
+// llm_kernels.native compiles it at first use with -march=native: AVX2 intrinsics where the
+// CPU has AVX2 and FMA but not AVX-512, GCC's vector extensions elsewhere (one AVX-512
+// register per vector there; portable C++ without either).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -23,41 +24,75 @@
 #include <optional>
 #include <vector>
 
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#define LLM_LINEAR_AVX2 1
+#include <immintrin.h>
+#endif
+
 namespace {
 
-constexpr int64_t kLanes = 16;
+constexpr int64_t kLanes = 16;          // floats per step of a dot product (one accumulator)
 constexpr int64_t kMaxRows = 16;        // input rows per call
 constexpr int64_t kPrefetchAhead = 2048;  // floats (8 KiB) ahead of the weights being read, into L2
 constexpr int64_t kChunk = 32768;         // floats (128 KiB) of weights: the unit of work sharing
 constexpr int64_t kSerial = 65536;        // floats (256 KiB): a smaller matrix stays on one thread
 
+// The arithmetic of one dot product, whatever the tile computing it: lane j of a 16-float
+// accumulator sums w[i] * x[i] over i = j mod 16, then the lanes are added. A product's bits
+// thus do not depend on the number of input rows or the weight rows around it.
+#if defined(LLM_LINEAR_AVX2)
+// AVX2 (sixteen 256-bit registers): an accumulator is two __m256 (lanes 0-7, 8-15) updated
+// with fused multiply-adds. (GCC's 64-byte vector extension, below, keeps arrays of them on
+// the stack here: 4-5x slower.)
+constexpr bool kAvx2 = true;
+struct Acc {
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+};
+struct Wv {
+  __m256 lo, hi;
+};
+inline Wv load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+inline void fma(Acc& a, const Wv& w, const Wv& x) {
+  a.lo = _mm256_fmadd_ps(w.lo, x.lo, a.lo);
+  a.hi = _mm256_fmadd_ps(w.hi, x.hi, a.hi);
+}
+inline float hsum(const Acc& a) {
+  const __m256 s = _mm256_add_ps(a.lo, a.hi);
+  __m128 v = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_add_ss(v, _mm_movehdup_ps(v));
+  return _mm_cvtss_f32(v);
+}
+#else
+// One AVX-512 register per vector (elsewhere GCC splits it as it can).
+constexpr bool kAvx2 = false;
 typedef float vec16 __attribute__((vector_size(64)));
 typedef float vec16u __attribute__((vector_size(64), aligned(4)));  // for unaligned loads
-
+typedef vec16 Acc;
+typedef vec16 Wv;
 inline vec16 load(const float* p) { return *reinterpret_cast<const vec16u*>(p); }
-
-inline float hsum(vec16 v) {
+inline void fma(vec16& a, const vec16& w, const vec16& x) { a += w * x; }
+inline float hsum(const vec16& v) {
   float s = 0.f;
   for (int i = 0; i < kLanes; ++i) s += v[i];
   return s;
 }
+#endif
 
 // y[m * ld_y + r] = sum_i w[r * in + i] * x[m * in + i] for r < R, m < M.
 template <int R, int M>
 inline void block(const float* w, int64_t in, const float* x, float* y, int64_t ld_y) {
-  vec16 acc[R][M];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) acc[r][m] = vec16{};
+  Acc acc[R][M] = {};
   const int64_t body = in - in % kLanes;
   for (int64_t i = 0; i < body; i += kLanes) {
-    vec16 wv[R];
+    Wv wv[R];
     for (int r = 0; r < R; ++r) {
       __builtin_prefetch(w + r * in + i + kPrefetchAhead, 0, 2);
       wv[r] = load(w + r * in + i);
     }
     for (int m = 0; m < M; ++m) {
-      const vec16 xv = load(x + m * in + i);
-      for (int r = 0; r < R; ++r) acc[r][m] += wv[r] * xv;
+      const Wv xv = load(x + m * in + i);
+      for (int r = 0; r < R; ++r) fma(acc[r][m], wv[r], xv);
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -69,7 +104,10 @@ inline void block(const float* w, int64_t in, const float* x, float* y, int64_t 
   }
 }
 
-// R weight rows against all m input rows, eight at a time (the weights stay in L1 between).
+// Tiles of R weight rows by M input rows whose accumulators fit the registers: with 32
+// (AVX-512), 2 x 8 (16 accumulators), R weight rows against all m input rows, eight at a time
+// (the weights stay in L1 between); with 16 (AVX2), 8 halves at most: 4 x 1, 2 x 2, 2 x 3 and
+// 1 x 4 (a weight row read from L1 again for each four input rows).
 template <int R>
 inline void block_rows(const float* w, int64_t in, const float* x, int64_t m, float* y,
                        int64_t ld_y) {
@@ -89,17 +127,46 @@ inline void block_rows(const float* w, int64_t in, const float* x, int64_t m, fl
   }
 }
 
+// Four weight rows (R = 4) or one against all m input rows, with AVX2's tiles.
+template <int R>
+inline void block_rows_avx2(const float* w, int64_t in, const float* x, int64_t m, float* y,
+                            int64_t ld_y) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= m; m0 += 4)
+    for (int r = 0; r < R; ++r) block<1, 4>(w + r * in, in, x + m0 * in, y + m0 * ld_y + r, ld_y);
+  const float* xm = x + m0 * in;
+  float* ym = y + m0 * ld_y;
+  const int64_t left = m - m0;
+  if (R == 1) {
+    for (int64_t k = 0; k < left; ++k) block<1, 1>(w, in, xm + k * in, ym + k * ld_y, ld_y);
+  } else if (left == 1) {
+    block<4, 1>(w, in, xm, ym, ld_y);
+  } else if (left == 2) {
+    block<2, 2>(w, in, xm, ym, ld_y);
+    block<2, 2>(w + 2 * in, in, xm, ym + 2, ld_y);
+  } else if (left == 3) {
+    block<2, 3>(w, in, xm, ym, ld_y);
+    block<2, 3>(w + 2 * in, in, xm, ym + 2, ld_y);
+  }
+}
+
 // Output columns [begin, end): blocks of 4 weight rows for one input row (4 accumulators),
-// of 2 for more (up to 16 accumulators), then single rows.
+// of 2 for more (up to 16 accumulators; AVX2: blocks of 4 in the tiles above), then single
+// rows.
 void columns(const float* w, int64_t in, const float* x, int64_t m, float* y, int64_t out,
              int64_t begin, int64_t end) {
   int64_t o = begin;
-  if (m == 1) {
-    for (; o + 4 <= end; o += 4) block_rows<4>(w + o * in, in, x, m, y + o, out);
+  if constexpr (kAvx2) {
+    for (; o + 4 <= end; o += 4) block_rows_avx2<4>(w + o * in, in, x, m, y + o, out);
+    for (; o < end; ++o) block_rows_avx2<1>(w + o * in, in, x, m, y + o, out);
   } else {
-    for (; o + 2 <= end; o += 2) block_rows<2>(w + o * in, in, x, m, y + o, out);
+    if (m == 1) {
+      for (; o + 4 <= end; o += 4) block_rows<4>(w + o * in, in, x, m, y + o, out);
+    } else {
+      for (; o + 2 <= end; o += 2) block_rows<2>(w + o * in, in, x, m, y + o, out);
+    }
+    for (; o < end; ++o) block_rows<1>(w + o * in, in, x, m, y + o, out);
   }
-  for (; o < end; ++o) block_rows<1>(w + o * in, in, x, m, y + o, out);
 }
 
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
