@@ -96,6 +96,30 @@ def test_separate_float_projections_too():
     assert logits < 1e-5 and cache < 1e-5, (logits, cache)
 
 
+def test_a_float_head_runs_inside_the_call_and_others_through_the_modules():
+    model = make_model(tie_embeddings=True).fuse_projections()
+    decoder = NativeDecoder.for_model(model)
+    assert decoder is not None and decoder.head is not None
+    assert decoder.head[1].data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied
+    logits, cache = compare(model)
+    assert logits < 1e-5 and cache < 1e-5, (logits, cache)
+
+    class Scaled(torch.nn.Linear):  # a head of its own: its forward is not a plain product
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    for head in (
+        torch.nn.Linear(CONFIG["n_embd"], CONFIG["vocab_size"], bias=True),
+        Scaled(CONFIG["n_embd"], CONFIG["vocab_size"], bias=False),
+    ):
+        model = make_model().fuse_projections()
+        model.lm_head = head
+        decoder = NativeDecoder.for_model(model)
+        assert decoder is not None and decoder.head is None
+        logits, cache = compare(model)
+        assert logits < 1e-5 and cache < 1e-5, (type(head).__name__, logits, cache)
+
+
 @pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "q4_0x8", "q4_1x8"])
 def test_gguf_layers_give_the_modules_logits_up_to_int8_rounding(fmt):
     # The same kernels with int8 activations; only the norms' float32 rounding differs, and

@@ -5,8 +5,12 @@ small torch ops each, and the interpreter and dispatcher cost as much as the mat
 (docs/benchmarks.md). :class:`NativeDecoder` runs the Llama-style blocks of a decode step as
 one ``torch.ops.llm_kernels.decode_layers`` call (the norms, the products through the native
 kernels the layers use themselves, RoPE, the cache write, attention and SwiGLU, in C++, in one
-parallel region), and keeps in Python what happens once per step: the cache's bookkeeping, the rotation tables and
-mask (computed by the model's own code), the embedding, the final norm and the LM head.
+parallel region), and keeps in Python what happens once per step: the cache's bookkeeping,
+the rotation tables and mask (computed by the model's own code) and the embedding. A float32
+LM head (the model's ``Linear`` or ``nn.Linear`` without a bias, after an RMSNorm) joins the
+last call with the final norm: a step that has just streamed every weight from memory finds
+the interpreter's working set evicted, and each torch op after it pays for that (some 0.1-0.25
+ms for the norm alone); other heads run as modules after the call.
 
 It serves models whose every block it can compute exactly as the modules do: llm-core's
 ``Transformer`` with RMSNorm, RoPE, SwiGLU and no biases, in float32 on CPU, each projection
@@ -77,8 +81,14 @@ class NativeDecoder:
     ``decode_layers``; build it with :meth:`for_model`, which says ``None`` for a model it
     cannot serve exactly."""
 
-    def __init__(self, model: Any, layers: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        model: Any,
+        layers: list[dict[str, Any]],
+        head: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    ) -> None:
         self.model = model
+        self.head = head  # (final norm weight, head weight, format) run inside the last call
         cfg = model.config
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.eps = float(cfg.norm_eps)
@@ -153,7 +163,18 @@ class NativeDecoder:
             if any(v is None for v in spec.values()):
                 return None
             layers.append(spec)
-        return cls(model, layers)
+        return cls(model, layers, cls._head(model))
+
+    @staticmethod
+    def _head(model: Any) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """The final norm and a float32 LM head the op computes as the modules do, or ``None``
+        (the modules then run them)."""
+        norm = _norm_weight(model.model.norm, model.config.norm_eps)
+        head = model.lm_head
+        if norm is None or not (type(head) is nn.Linear or _core_type(head, "Linear")):
+            return None
+        weight = _float_weight(head.weight, head.bias)
+        return None if weight is None else (norm, weight[0], weight[1])
 
     def serves(self, cache: Any) -> bool:
         """Whether this cache is one the fused layers write: a float32 static cache, or a view
@@ -187,7 +208,9 @@ class NativeDecoder:
             k_caches, v_caches = cache.k, cache.v
         x = body.embed_tokens(token)  # (B, 1, C)
         op = torch.ops.llm_kernels.decode_layers.default
-        for start, end, w in self.runs:
+        last = len(self.runs) - 1
+        for i, (start, end, w) in enumerate(self.runs):
+            norm, head, head_format = self.head if self.head and i == last else (None, None, -1)
             x = op(
                 x,
                 w["attn_norms"],
@@ -212,5 +235,10 @@ class NativeDecoder:
                 self.scale,
                 slots,
                 write,
-            )  # (B, 1, C)
+                norm,
+                head,
+                head_format,
+            )  # (B, 1, C), or the logits (B, V) from the call with the head
+        if self.head is not None:
+            return x  # (B, V)
         return model.lm_head(body.norm(x))[:, -1]  # (B, V)
