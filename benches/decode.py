@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -294,15 +295,26 @@ def main() -> None:
         runners["matrix products alone, torch BLAS"] = linear_floor(model, n_new, blas=True)
         rows = {name: {"seconds": float("inf")} for name in runners}
         engine_runs: dict[int, list[dict]] = {1: [], args.streams: []}
+        rounds: list[dict[str, float]] = []  # each round's seconds, for paired ratios
         # round-robin, the engine's 1 and N streams included, so that load from elsewhere (this
-        # VM's neighbours move every figure by tens of percent) hits all alike
-        for _ in range(args.repeats):
-            for name, run in runners.items():
-                tokens, seconds = best_of(1, run)
+        # VM's neighbours move every figure by tens of percent) hits all alike; each round
+        # starts one task later, so that no task always follows the same one (a run right
+        # after the 8-stream engine measured 16% slower than after a pause on a Zen 4 VM)
+        tasks = [*runners, *(f"engine {n}" for n in engine_runs)]
+        for r in range(args.repeats):
+            times: dict[str, float] = {}
+            for name in tasks[r % len(tasks) :] + tasks[: r % len(tasks)]:
+                if name.startswith("engine "):
+                    streams = int(name.split()[1])
+                    run = measure_engine(llm, args.prompt_len, n_new, streams)
+                    engine_runs[streams].append(run)
+                    times[name] = run["wall_s"]
+                    continue
+                tokens, seconds = best_of(1, runners[name])
+                times[name] = seconds
                 if seconds < rows[name]["seconds"]:
                     rows[name] = {"seconds": seconds, "tokens": tokens}
-            for streams in engine_runs:
-                engine_runs[streams].append(measure_engine(llm, args.prompt_len, n_new, streams))
+            rounds.append(times)
     for row in rows.values():
         row["tokens_per_s"] = n_new / row["seconds"]
 
@@ -348,6 +360,16 @@ def main() -> None:
         "engine_n_streams_tokens_per_s": many["aggregate_tokens_per_s"],
         "streams_speedup": many["aggregate_tokens_per_s"] / single["aggregate_tokens_per_s"],
         "engine_1_vs_llm_generate": single["aggregate_tokens_per_s"] / ours["tokens_per_s"],
+        # the same ratios round by round (both figures of a ratio from one round)
+        "rounds": {
+            "vs_llama_cpp": [t["llama.cpp F32 GGUF"] / t["llm-infer LLM.generate"] for t in rounds],
+            "engine_1_vs_llm_generate": [
+                t["llm-infer LLM.generate"] / t["engine 1"] for t in rounds
+            ],
+            "streams_speedup": [
+                args.streams * t["engine 1"] / t[f"engine {args.streams}"] for t in rounds
+            ],
+        },
     }
     out_dir = ROOT / ".bench"
     out_dir.mkdir(exist_ok=True)
@@ -395,6 +417,13 @@ def main() -> None:
         f"Engine 1 stream vs LLM.generate: {result['engine_1_vs_llm_generate']:.2f}x; "
         f"{args.streams} streams vs 1: {result['streams_speedup']:.2f}x; "
         f"load average {result['load_average_1m']:.2f}"
+    )
+    print(
+        "round by round (median, range): "
+        + "; ".join(
+            f"{name} {statistics.median(v):.2f}x ({min(v):.2f}-{max(v):.2f})"
+            for name, v in result["rounds"].items()
+        )
     )
 
 
