@@ -312,3 +312,10 @@ def test_the_op_names_a_bad_argument():
     with pytest.raises(RuntimeError, match="qkv needs 1 or 3 weights per layer"):
         bad = [*weights[:3], w["qkv"][:-1], w["qkv_formats"][:-1], *weights[5:]]
         op(x, *bad, cache.k, cache.v, 0, cos, sin, mask, 4, 2, 0.125)
+    norm, head = model.model.norm.weight.detach(), model.lm_head.weight.detach()
+    with pytest.raises(RuntimeError, match="the final norm and the head come together"):
+        op(x, *args, 0, cos, sin, mask, 4, 2, 0.125, None, None, norm, None)
+    with pytest.raises(RuntimeError, match="final norm's weight must be float32"):
+        op(x, *args, 0, cos, sin, mask, 4, 2, 0.125, None, None, norm[:-1], head)
+    with pytest.raises(RuntimeError, match="float head must be float32 with 128 inputs"):
+        op(x, *args, 0, cos, sin, mask, 4, 2, 0.125, None, None, norm, head[:, :-1].contiguous())
