@@ -12,14 +12,15 @@
 //
 // in one call, so that a step pays the interpreter and dispatcher once instead of some thirty
 // times a layer. Given the final norm's weight and the LM head (float32 row-major, format -1),
-// the same call ends with logits = rms_norm(x) Whead^T, [B, V], instead of returning x': decode
-// streams every weight from memory each token, which evicts the interpreter's and the
+// the same call ends with logits = rms_norm(x) Whead^T, [B, V], instead of returning x':
+// decode streams every weight from memory each token, which evicts the interpreter's and the
 // dispatcher's code and data from the caches, and each torch op after such a stream pays for
-// refetching them (some 100-250 us for a 768-wide norm after the head, against 14 us warm). The products are the library's own kernels (linear_rows' for float32
-// row-major weights, format -1; quant_rows' with int8 activations for GGUF blocks, formats 0
-// Q8_0, 1 Q4_0, 2 Q4_1) and attention is attend_rows' under the caller's mask, so the
-// arithmetic is theirs; the norms, the rotation (half-split layout) and the SwiGLU are written
-// here in float32 as llm_kernels.reference writes them.
+// refetching them (some 100-250 us for a 768-wide norm after the head, against 14 us warm).
+// The products are the library's own kernels (linear_rows' for float32 row-major weights,
+// format -1; quant_rows' with int8 activations for GGUF blocks, formats 0 Q8_0, 1 Q4_0,
+// 2 Q4_1) and attention is attend_rows' under the caller's mask, so the arithmetic is theirs;
+// the norms, the rotation (half-split layout) and the SwiGLU are written here in float32 as
+// llm_kernels.reference writes them.
 //
 // Per layer l (lists hold the layers in order): attn_norms[l], mlp_norms[l]; qkv: [Wq, Wk, Wv]
 // or one fused [Wqkv] (rows q, then k, then v) per layer, the same count for every layer;
@@ -34,11 +35,11 @@
 // Threads: the whole step is one parallel region of torch's intra-op threads, its phases
 // (per layer: the norm; q/k/v; per row and KV head RoPE, the cache write and attention; o; the
 // residual and norm; gate/up with SwiGLU, a run of rows at a time; down and the residual; then
-// the final norm and the head's rows) separated by a barrier; each thread owns a contiguous share of a phase's units and, done
-// with it, takes units from the back of the others' shares (work_share.h). A step thus
-// forks the team once instead of once per product and attention (eight times a layer), and the
-// small serial work (quantizing activations, SwiGLU) is spread over the threads or done where
-// it is needed. Every output is computed by the same operations whatever thread takes it, so
+// the final norm and the head's rows) separated by a barrier; each thread owns a contiguous
+// share of a phase's units and, done with it, takes units from the back of the others' shares
+// (work_share.h). A step thus forks the team once instead of once per product and attention
+// (eight times a layer), and the small serial work (quantizing activations, SwiGLU) is spread
+// over the threads or done where it is needed. Every output is computed by the same operations whatever thread takes it, so
 // the result does not depend on the thread count.
 
 #include <ATen/Parallel.h>
