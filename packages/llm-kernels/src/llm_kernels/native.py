@@ -45,7 +45,9 @@ SOURCES = tuple(
     Path(__file__).parent / "csrc" / name
     for name in ("linear_rows.cpp", "attend_rows.cpp", "quant_rows.cpp", "decode_layers.cpp")
 )
-HEADERS = (Path(__file__).parent / "csrc" / "work_share.h",)  # part of the library's key
+HEADERS = tuple(
+    Path(__file__).parent / "csrc" / name for name in ("work_share.h", "vec16.h")
+)  # part of the library's key
 
 log = logging.getLogger(__name__)
 error: str | None = None  # why the native kernels are unavailable, once available() said so

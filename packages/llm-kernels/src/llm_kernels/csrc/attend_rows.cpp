@@ -24,21 +24,11 @@
 #include <limits>
 #include <vector>
 
+#include "vec16.h"
+
 namespace {
 
 constexpr int64_t kLanes = 16;
-typedef float vec16 __attribute__((vector_size(64)));
-typedef float vec16u __attribute__((vector_size(64), aligned(4)));
-inline vec16 load(const float* p) { return *reinterpret_cast<const vec16u*>(p); }
-inline void store(float* p, vec16 v) { *reinterpret_cast<vec16u*>(p) = v; }
-inline float hsum(vec16 v) {
-  typedef float vec8 __attribute__((vector_size(32)));
-  typedef float vec4 __attribute__((vector_size(16)));
-  const vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const vec4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
-}
 
 inline float dot(const float* a, const float* b, int64_t n) {
   vec16 acc{};

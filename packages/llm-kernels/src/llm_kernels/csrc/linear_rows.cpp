@@ -29,6 +29,8 @@
 #if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
 #define LLM_LINEAR_AVX2 1
 #include <immintrin.h>
+#else
+#include "vec16.h"
 #endif
 
 namespace {
@@ -66,25 +68,13 @@ inline float hsum(const Acc& a) {
   return _mm_cvtss_f32(v);
 }
 #else
-// One AVX-512 register per vector (elsewhere GCC splits it as it can).
+// One AVX-512 register per vector (elsewhere GCC splits it as it can); vec16.h's tree of adds
+// ends a sum (at eight input rows, a sum per 48 multiply-adds of a 768-wide row, fifteen
+// dependent scalar adds took a sizeable share of the tile: 1.07x the speed with the tree).
 constexpr bool kAvx2 = false;
-typedef float vec16 __attribute__((vector_size(64)));
-typedef float vec16u __attribute__((vector_size(64), aligned(4)));  // for unaligned loads
 typedef vec16 Acc;
 typedef vec16 Wv;
-inline vec16 load(const float* p) { return *reinterpret_cast<const vec16u*>(p); }
 inline void fma(vec16& a, const vec16& w, const vec16& x) { a += w * x; }
-// The lanes added as a tree (halves, then quarters, ...): four shuffles and adds instead of
-// fifteen dependent scalar adds, which at eight input rows (a sum per 48 multiply-adds of a
-// 768-wide row) took a sizeable share of the tile (8 rows: 1.07x the speed with the tree).
-inline float hsum(const vec16& v) {
-  typedef float vec8 __attribute__((vector_size(32)));
-  typedef float vec4 __attribute__((vector_size(16)));
-  const vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const vec4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
-}
 #endif
 
 // y[m * ld_y + r] = sum_i w[r * in + i] * x[m * in + i] for r < R, m < M; with software
