@@ -8,13 +8,15 @@ the default) or SmolLM2-135M-Instruct's, dequantized to float (``--model smollm2
 LlamaForCausalLM through load_state_dict, llama.cpp through an F32 GGUF written here with
 gguf.GGUFWriter (q/k permuted to llama.cpp's interleaved RoPE layout, a placeholder gpt2
 vocabulary) and an F32 KV cache. The engines run round-robin (best of --repeats each) and
-their greedy tokens are compared; llm-infer runs its default ``LLM.generate`` (the compiled
-decode step, for a model of this size) and the eager one (``compile=False``). The ratios the
-project tracks: default ``LLM.generate`` / llama.cpp F32, Engine with 1 stream / default
-``LLM.generate``, Engine with 8 streams / 1 stream. Also measured in the same run: the model's matrix products alone, as
-decode calls them (the floor for any engine built on these torch calls), the read bandwidth of a
-buffer as large as the weights read per token, hence the memory-bandwidth limit on tokens/s
-and each engine's fraction of it, and 8 concurrent engine streams against one.
+their greedy tokens are compared; llm-infer runs its default ``LLM.generate`` (the native
+decode step, for a Llama-style model) and the eager one (``compile=False``), and its Engine as
+llm-serve runs it: started once, each measured request (1 or 8 at once) through it with a
+prompt of its own. The ratios the project tracks: default ``LLM.generate`` / llama.cpp F32,
+Engine with 1 stream / default ``LLM.generate``, Engine with 8 streams / 1 stream (each also
+round by round). Also measured in the same run: the model's matrix products alone, as decode
+calls them (the floor for any engine built on them), the read bandwidth of a buffer as large as
+the weights read per token, hence the memory-bandwidth limit on tokens/s and each engine's
+fraction of it.
 Prints a table and appends one JSON line to .bench/decode.jsonl.
 """
 
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 from llm_core import ModelConfig, Transformer
 from llm_infer import LLM
-from llm_infer.bench import greedy, measure_engine, random_prompt
+from llm_infer.bench import ServedEngine, greedy, random_prompt
 from llm_tokenizer import Tokenizer, bytes_to_unicode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,8 +291,13 @@ def main() -> None:
             "HF transformers eager generate": hf_runner(model, prompt, n_new),
             "llama.cpp F32 GGUF": llama_cpp_runner(path, prompt, n_new, args.threads),
         }
+        # the engine as llm-serve runs it: started once, every request through it (each with
+        # a prompt of its own, so no prefix-cache hits); warmed up like the others
+        served = ServedEngine(llm, max_batch=args.streams)
         for run in runners.values():
             run()  # warm-up: first-call allocations, page faults of the weights, compilation
+        for streams in (1, args.streams):
+            served.measure(args.prompt_len, n_new, streams)
         runners["matrix products alone"] = linear_floor(model, n_new)
         runners["matrix products alone, torch BLAS"] = linear_floor(model, n_new, blas=True)
         rows = {name: {"seconds": float("inf")} for name in runners}
@@ -306,7 +313,7 @@ def main() -> None:
             for name in tasks[r % len(tasks) :] + tasks[: r % len(tasks)]:
                 if name.startswith("engine "):
                     streams = int(name.split()[1])
-                    run = measure_engine(llm, args.prompt_len, n_new, streams)
+                    run = served.measure(args.prompt_len, n_new, streams)
                     engine_runs[streams].append(run)
                     times[name] = run["wall_s"]
                     continue
@@ -315,6 +322,7 @@ def main() -> None:
                 if seconds < rows[name]["seconds"]:
                     rows[name] = {"seconds": seconds, "tokens": tokens}
             rounds.append(times)
+        served.close()
     for row in rows.values():
         row["tokens_per_s"] = n_new / row["seconds"]
 

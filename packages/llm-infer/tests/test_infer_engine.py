@@ -346,3 +346,25 @@ def test_block_pool_refcounts_and_lru():
     pool.allocate(), pool.allocate()
     assert pool.allocate() == a  # the cached block is evicted last
     assert pool.lookup([111]) == []
+
+
+def test_served_engine_measures_requests_through_one_running_engine(llm):
+    """The benches' engine figures are of requests through an engine started once, as
+    llm-serve holds one: the same worker across measurements, a prompt of its own per request
+    (no prefix-cache hits), and every request finished."""
+    from llm_infer.bench import ServedEngine
+
+    with ServedEngine(llm, max_batch=4) as served:
+        worker = served.engine._thread
+        one = served.measure(prompt_len=20, new_tokens=5, concurrency=1)
+        four = served.measure(prompt_len=20, new_tokens=5, concurrency=4)
+        assert served.engine._thread is worker and worker.is_alive()
+        stats = served.engine.stats()
+    assert not worker.is_alive()
+    assert [one["concurrency"], four["concurrency"]] == [1, 4]
+    assert stats.finished == 5 and stats.generated_tokens == 25 and stats.prefix_hits == 0
+    for got in (one, four):
+        assert got["wall_s"] > 0 and got["mean_time_to_first_token_s"] > 0
+        assert got["aggregate_tokens_per_s"] == pytest.approx(
+            got["concurrency"] * 5 / got["wall_s"]
+        )

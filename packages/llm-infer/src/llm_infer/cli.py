@@ -121,7 +121,7 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     import torch
 
-    from llm_infer.bench import measure_engine, measure_single, peak_rss_mb
+    from llm_infer.bench import ServedEngine, measure_single, peak_rss_mb
     from llm_infer.load import load
 
     levels = _concurrency(args.concurrency)
@@ -132,7 +132,9 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
         measure_single(llm, args.prompt_len, args.new_tokens)  # compiles; not measured
     single = measure_single(llm, args.prompt_len, args.new_tokens)
     single.pop("token_ids")
-    engine = [measure_engine(llm, args.prompt_len, args.new_tokens, c) for c in levels]
+    # one engine for every level, as llm-serve runs it (started once, not per measurement)
+    with ServedEngine(llm, max_batch=max(levels)) as served:
+        engine = [served.measure(args.prompt_len, args.new_tokens, c) for c in levels]
     result = {
         "model": args.model,
         "compile": llm.step.compiled is not None,
