@@ -88,31 +88,6 @@ inline void weigh_rows(const float* p, const KeyRows& v, int64_t rows, int64_t n
   }
 }
 
-// exp(x) for x <= 0 (a score minus the row's maximum), 0 below -87.3 (where float32's
-// exp leaves the normal range) and for -inf: Cephes' expf, range reduction to |r| <= ln2/2
-// and a degree-6 polynomial, within 2 ulp of std::exp in the normal range.
-typedef int32_t veci16 __attribute__((vector_size(64)));
-inline vec16 exp_nonpositive(vec16 x) {
-  const vec16 lo = vec16{} - 87.3f;
-  const veci16 dead = x < lo;
-  x = dead ? lo : x;
-  const vec16 magic = vec16{} + 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
-  const vec16 n = (x * 1.44269504088896341f + magic) - magic;
-  const vec16 r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  vec16 p = vec16{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const vec16 y = p * r * r + r + 1.f;
-  const veci16 bits = (__builtin_convertvector(n, veci16) + 127) << 23;
-  vec16 scale;
-  __builtin_memcpy(&scale, &bits, sizeof(scale));
-  const vec16 out = y * scale;
-  return dead ? vec16{} : out;
-}
-
 // p[s] = exp(p[s] - mx) for s < n; returns their sum.
 inline float exp_shift_sum(float* p, int64_t n, float mx) {
   vec16 acc{};
