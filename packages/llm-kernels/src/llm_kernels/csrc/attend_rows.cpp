@@ -56,6 +56,15 @@ inline void dot4(const float* q, const float* const (&k)[4], int64_t n, float* x
   }
 }
 
+// Keys this far ahead of the four being scored are fetched in advance, and each value row as
+// its key is scored (the softmax and the weighted sum come after): a cache's rows come from
+// memory in runs of a block (paged) or a row's keys, too short for the hardware prefetchers
+// alone.
+constexpr int64_t kAhead = 16;
+inline void prefetch_row(const float* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i, 0, 3);
+}
+
 // Where the key (and value) rows of one (row, KV head) are: row s at base + index(s) * ld, with
 // index(s) = s (a [.., S, D] tensor: a static cache's slice) or slots[s] (a paged cache's pool,
 // its rows in the order of the row's block table).
@@ -165,6 +174,8 @@ void attend_units(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     int64_t s = 0;
     for (; s + 4 <= S; s += 4) {
       const float* const k4[4] = {kr(s), kr(s + 1), kr(s + 2), kr(s + 3)};
+      for (int64_t j = s + kAhead; j < std::min(S, s + kAhead + 4); ++j) prefetch_row(kr(j), D);
+      for (int j = 0; j < 4; ++j) prefetch_row(vr(s + j), D);
       for (int64_t g = 0; g < G; ++g) {
         float x[4];
         dot4(qs[g], k4, D, x);
