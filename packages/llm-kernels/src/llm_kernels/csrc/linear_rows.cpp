@@ -81,15 +81,19 @@ inline void keep(vec16& x) { asm volatile("" : "+v"(x)); }
 #endif
 
 // y[m * ld_y + r] = sum_i w[r * in + i] * x[m * in + i] for r < R, m < M; with software
-// prefetch kPrefetchAhead floats ahead in each weight row, or none (Prefetch false).
+// prefetch of the weights ahead (below), or none (Prefetch false).
 template <int R, int M, bool Prefetch = true>
 inline void block(const float* w, int64_t in, const float* x, float* y, int64_t ld_y) {
   Acc acc[R][M] = {};
+  // at least the next tile's rows: kPrefetchAhead past a row of 2048 (a down projection) is
+  // the next row of the same tile, in flight already (R x in ahead: the llama-125m shape's
+  // down products of 8 rows 1.10-1.16x the speed in a C++ harness on a Zen 4 VM)
+  const int64_t ahead = std::max<int64_t>(kPrefetchAhead, R * in);
   const int64_t body = in - in % kLanes;
   for (int64_t i = 0; i < body; i += kLanes) {
     Wv wv[R];
     for (int r = 0; r < R; ++r) {
-      if constexpr (Prefetch) __builtin_prefetch(w + r * in + i + kPrefetchAhead, 0, 2);
+      if constexpr (Prefetch) __builtin_prefetch(w + r * in + i + ahead, 0, 2);
       wv[r] = load(w + r * in + i);
     }
     for (int m = 0; m < M; ++m) {
