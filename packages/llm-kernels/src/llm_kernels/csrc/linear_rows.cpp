@@ -77,7 +77,11 @@ constexpr bool kAvx2 = false;
 typedef vec16 Acc;
 typedef vec16 Wv;
 inline void fma(vec16& a, const vec16& w, const vec16& x) { a += w * x; }
+#if defined(__AVX512F__)
 inline void keep(vec16& x) { asm volatile("" : "+v"(x)); }
+#else
+inline void keep(vec16&) {}  // no register holds all sixteen lanes: GCC splits the vector
+#endif
 #endif
 
 // y[m * ld_y + r] = sum_i w[r * in + i] * x[m * in + i] for r < R, m < M; with software
