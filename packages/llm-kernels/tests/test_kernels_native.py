@@ -114,6 +114,49 @@ def test_linear_dispatches_few_float32_rows_with_row_major_weights():
     assert decode_weight_layout(w.double()) == "input-major"
 
 
+needs_onednn = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="torch without oneDNN"
+)
+
+
+@needs_onednn
+def test_linear_takes_onednn_for_many_float32_rows_without_gradients():
+    """A prompt's products (more rows than the native kernel takes) run oneDNN's, equal to
+    F.linear in float64 up to float32 rounding; gradients, other dtypes and a few rows do not."""
+    torch.manual_seed(0)
+    w, b = torch.randn(96, 80), torch.randn(96)
+    onednn = "mkldnn::_linear_pointwise"
+    x = torch.randn(3, 40, 80)
+    with torch.inference_mode():
+        assert _calls(lambda: linear(x, w, b), onednn) == 1
+        torch.testing.assert_close(linear(x, w, b), _reference(x, w, b), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(linear(x[:, ::2], w), _reference(x[:, ::2], w), atol=1e-4, rtol=1e-4)
+        assert _calls(lambda: linear(torch.randn(native.MAX_ROWS, 80), w), onednn) == 0
+        assert _calls(lambda: linear(x.double(), w.double()), onednn) == 0
+    xg = x.clone().requires_grad_()
+    assert _calls(lambda: linear(xg, w, b).sum().backward(), onednn) == 0
+    torch.testing.assert_close(xg.grad, w.sum(0).expand(3, 40, 80))
+
+
+@needs_onednn
+def test_linear_falls_back_to_blas_when_onednn_refuses(monkeypatch):
+    from llm_kernels import ops
+
+    def refuse(*args):
+        raise RuntimeError("oneDNN refuses")
+
+    class Mkldnn:
+        class _linear_pointwise:  # noqa: N801 (torch's name)
+            default = staticmethod(refuse)
+
+    monkeypatch.setattr(ops, "_ONEDNN", [True])
+    monkeypatch.setattr(torch.ops, "mkldnn", Mkldnn)
+    x, w = torch.randn(40, 8), torch.randn(4, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(linear(x, w), _reference(x, w), atol=1e-5, rtol=1e-5)
+    assert ops._ONEDNN == [False]  # not asked again
+
+
 @needs_native
 def test_linear_inside_torch_compile_runs_the_kernel_in_one_graph():
     torch.manual_seed(0)
