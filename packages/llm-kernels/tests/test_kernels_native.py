@@ -130,7 +130,9 @@ def test_linear_takes_onednn_for_many_float32_rows_without_gradients():
     with torch.inference_mode():
         assert _calls(lambda: linear(x, w, b), onednn) == 1
         torch.testing.assert_close(linear(x, w, b), _reference(x, w, b), atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(linear(x[:, ::2], w), _reference(x[:, ::2], w), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            linear(x[:, ::2], w), _reference(x[:, ::2], w), atol=1e-4, rtol=1e-4
+        )
         assert _calls(lambda: linear(torch.randn(native.MAX_ROWS, 80), w), onednn) == 0
         assert _calls(lambda: linear(x.double(), w.double()), onednn) == 0
     xg = x.clone().requires_grad_()
@@ -146,7 +148,7 @@ def test_linear_falls_back_to_blas_when_onednn_refuses(monkeypatch):
         raise RuntimeError("oneDNN refuses")
 
     class Mkldnn:
-        class _linear_pointwise:  # noqa: N801 (torch's name)
+        class _linear_pointwise:  # torch's name
             default = staticmethod(refuse)
 
     monkeypatch.setattr(ops, "_ONEDNN", [True])
