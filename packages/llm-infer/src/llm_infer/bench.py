@@ -50,9 +50,13 @@ def measure_single(llm: LLM, prompt_len: int, new_tokens: int, seed: int = 0) ->
 class ServedEngine:
     """A started :class:`Engine` on an event loop of its own, as ``llm-serve`` holds one: its
     worker thread, KV block pool and caches live across the requests measured through it, so
-    that a measurement is of requests, not of starting an engine (a new worker thread, whose
-    first steps build a new OpenMP team and fault in a new pool: 3% of a 128-token request on
-    a 2-core VM). Each request gets a prompt of its own (no prefix-cache hits).
+    that a measurement can be of requests through a running engine rather than of starting
+    one (a new worker thread, whose first steps build its OpenMP team). Each request gets a
+    prompt of its own (no prefix-cache hits).
+
+    Close it when its measurements are done: while it lives, its idle worker keeps an OpenMP
+    team, beside which other work in the process ran slower on a 2-core VM (llama.cpp 0.6x,
+    ``LLM.generate`` about 0.9x; docs/benchmarks.md).
 
     Use as a context manager; :meth:`measure` runs ``concurrency`` requests at once."""
 

@@ -6,6 +6,8 @@
 
 #pragma once
 
+#include <cstdint>
+
 namespace {
 
 typedef float vec16 __attribute__((vector_size(64)));
@@ -23,9 +25,10 @@ inline float hsum(vec16 v) {
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
-// exp(x) for x <= 0 (attention: a score minus the row's maximum; SwiGLU: -|x|), 0 below -87.3 (where float32's
-// exp leaves the normal range) and for -inf: Cephes' expf, range reduction to |r| <= ln2/2
-// and a degree-6 polynomial, within 2 ulp of std::exp in the normal range.
+// exp(x) for x <= 0 (attention: a score minus the row's maximum; SwiGLU: -|x|), 0 below
+// -87.3 (where float32's exp leaves the normal range) and for -inf: Cephes' expf, range
+// reduction to |r| <= ln2/2 and a degree-6 polynomial, within 2 ulp of std::exp in the normal
+// range.
 typedef int32_t veci16 __attribute__((vector_size(64)));
 inline vec16 exp_nonpositive(vec16 x) {
   const vec16 lo = vec16{} - 87.3f;
@@ -55,4 +58,5 @@ inline vec16 silu(vec16 x) {
   const vec16 e = exp_nonpositive(neg ? x : -x);
   return x * ((neg ? e : vec16{} + 1.f) / (e + 1.f));
 }
+
 }  // namespace
