@@ -137,15 +137,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     ``torch.ops.llm_kernels.linear_rows`` when it is available (see
     :mod:`llm_kernels.native`); more rows of float32 on CPU without gradients (a prompt's
     prefill) run oneDNN's product, torch's ``mkldnn._linear_pointwise`` (the one inductor's
-    CPU fusions call), where torch has oneDNN: on a Zen 4 VM 1.2-2.2x the speed of
-    ``F.linear``'s MKL for the llama-125m shape's products of 17 to 512 rows (2 threads,
-    2026-12-03; MKL takes generic code paths on AMD CPUs). Everything else, and anything that
+    CPU fusions call), where torch has oneDNN: on a Zen 4 VM 1.0-2.2x the speed of
+    ``F.linear``'s MKL for the llama-125m shape's products of 17 to 512 rows, median 1.30-1.34x
+    over those 16 products (2 threads, 2026-12-03, three runs; MKL takes generic code paths
+    on AMD CPUs). Everything else, and anything that
     needs gradients, runs ``F.linear``. All compute the same sums in different orders (float32
     rounding apart).
     """
-    if _rows_kernel_applies(x, weight, bias) and _native_available():
+    path = _linear_path(x, weight, bias)
+    if path == "rows" and _native_available():
         return torch.ops.llm_kernels.linear_rows.default(x, weight, bias)
-    if _onednn_applies(x, weight, bias):
+    if path == "onednn" and _ONEDNN[0] and not torch.compiler.is_compiling():
+        # (inside torch.compile, inductor picks its own kernels)
         try:
             return torch.ops.mkldnn._linear_pointwise.default(x, weight, bias, "none", [], "")
         except RuntimeError:  # a build whose oneDNN refuses it: BLAS from now on
@@ -190,45 +193,36 @@ def _native_available() -> bool:
     return native.available()
 
 
-def _rows_kernel_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+def _linear_path(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> Literal["rows", "onednn"] | None:
+    """Which product :func:`linear` may run instead of ``F.linear``: ``"rows"`` (the native
+    kernel: a few rows, a row-major weight), ``"onednn"`` (more rows), or ``None`` (not
+    float32 on CPU without gradients)."""
     # cheapest tests first: this runs for every product in eager decode
     if (
         x.dtype != torch.float32
         or weight.dtype != torch.float32
         or not (x.is_cpu and weight.is_cpu)
     ):
-        return False
-    if weight.dim() != 2 or not weight.is_contiguous() or weight.numel() == 0:
-        return False  # row-major [out, in] only
-    if x.dim() == 0 or x.shape[-1] != weight.shape[1] or x.numel() > native.MAX_ROWS * x.shape[-1]:
-        return False
-    if bias is not None and (bias.dtype != torch.float32 or not bias.is_cpu):
-        return False
+        return None
+    if weight.dim() != 2 or weight.numel() == 0 or x.dim() == 0 or x.numel() == 0:
+        return None
+    if x.shape[-1] != weight.shape[1]:
+        return None
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_cpu or bias.dim() != 1):
+        return None
     if torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     ):
-        return False  # the kernel has no backward
-    return x.numel() > 0
+        return None  # neither kernel has a backward
+    if x.numel() > native.MAX_ROWS * x.shape[-1]:
+        return "onednn"
+    return "rows" if weight.is_contiguous() else None  # the kernel reads [out, in] row-major
 
 
 # whether oneDNN's product may run: torch built with it (cleared if a call refuses)
 _ONEDNN = [torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")]
-
-
-def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    if not _ONEDNN[0] or x.dtype != torch.float32 or weight.dtype != torch.float32:
-        return False
-    if not (x.is_cpu and weight.is_cpu) or weight.dim() != 2 or x.dim() == 0:
-        return False
-    if x.shape[-1] != weight.shape[1] or x.numel() <= native.MAX_ROWS * x.shape[-1]:
-        return False  # a few rows: the native kernel's, or F.linear's when it is unavailable
-    if bias is not None and (bias.dtype != torch.float32 or not bias.is_cpu or bias.dim() != 1):
-        return False
-    if torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    ):
-        return False  # no backward
-    return not torch.compiler.is_compiling()  # inductor picks its own kernels there
 
 
 def _attend_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
