@@ -295,18 +295,15 @@ def main() -> None:
             run()  # warm-up: first-call allocations, page faults of the weights, compilation
 
         def engine_run(streams: int) -> dict:
-            # requests through a running engine, as llm-serve's (warmed by two-token requests
-            # first: its worker's first steps build the worker's OpenMP team), which exists for
-            # its own task only: an idle engine's worker keeps that team, and libgomp, which
-            # torch shares with llama.cpp's build, then counts more threads than cores and cuts
-            # every team's spinning at its barriers short (llama.cpp ran at 0.6x its speed
-            # beside an idle engine on a 2-core VM)
+            # requests through a running engine, as llm-serve's, warmed by two-token requests
+            # first (its worker's first steps build the worker's OpenMP team); the engine
+            # exists for its own task only: beside an idle engine, llama.cpp ran at 0.6x its
+            # speed on a 2-core VM (most likely libgomp, which torch shares with llama.cpp's
+            # build, spinning less once it manages more threads than there are cores)
             with ServedEngine(llm, max_batch=args.streams) as served:
                 served.measure(args.prompt_len, 2, streams)
                 return served.measure(args.prompt_len, n_new, streams)
 
-        for streams in (1, args.streams):
-            engine_run(streams)
         runners["matrix products alone"] = linear_floor(model, n_new)
         runners["matrix products alone, torch BLAS"] = linear_floor(model, n_new, blas=True)
         rows = {name: {"seconds": float("inf")} for name in runners}
