@@ -4,6 +4,10 @@ a batch; the models it must not take fall back to the modules."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
+
 import pytest
 import torch
 from llm_core import ModelConfig, Transformer
@@ -154,6 +158,82 @@ def test_the_step_gives_the_same_bits_on_any_number_of_threads(fmt):
     for logits, tensors in runs[1:]:
         assert torch.equal(logits, runs[0][0])
         assert all(torch.equal(a, b) for a, b in zip(tensors, runs[0][1], strict=True))
+
+
+def steps(decoder, model, seed: int, n: int = 8) -> torch.Tensor:
+    """The logits of ``n`` greedy native steps after a prompt of three rows."""
+    prompt = torch.randint(0, 256, (3, 20), generator=torch.Generator().manual_seed(seed))
+    cache = model.new_cache(3, capacity=64)
+    logits = []
+    with torch.no_grad():
+        model(prompt, cache, logits_to_keep=1)
+        token = prompt[:, -1:]
+        for t in range(n):
+            logits.append(decoder(token, torch.full((3, 1), 20 + t), cache))
+            token = logits[-1].argmax(-1, keepdim=True)
+    return torch.stack(logits)  # (n, 3, V)
+
+
+def test_steps_from_two_threads_at_once_give_their_own_bits():
+    # the library's team serves one caller at a time; a step that finds it busy runs on
+    # torch's OpenMP threads instead, with the same operations
+    model = make_model()
+    decoder = NativeDecoder.for_model(model)
+    alone = [steps(decoder, model, seed) for seed in (3, 4)]
+    together: dict[int, list[torch.Tensor]] = {3: [], 4: []}
+
+    def run(seed: int) -> None:
+        torch.set_num_threads(2)
+        for _ in range(10):
+            together[seed].append(steps(decoder, model, seed))
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in (3, 4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for seed, expected in zip((3, 4), alone, strict=True):
+        assert len(together[seed]) == 10
+        assert all(torch.equal(logits, expected) for logits in together[seed])
+
+
+def _child_step(queue) -> None:
+    # libgomp's threads (torch's) do not survive a fork either: the child runs torch's ops on
+    # one thread (as DataLoader workers do) and the native step on two
+    torch.set_num_threads(1)
+    model = make_model()
+    decoder = NativeDecoder.for_model(model)
+    prompt = torch.randint(0, 256, (3, 20), generator=torch.Generator().manual_seed(5))
+    cache = model.new_cache(3, capacity=64)
+    with torch.no_grad():
+        model(prompt, cache, logits_to_keep=1)
+        torch.set_num_threads(2)
+        queue.put(decoder(prompt[:, -1:], torch.full((3, 1), 20), cache).tolist())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_steps_with_a_team_of_its_own():
+    # the parent's team threads do not exist in a forked child: the child's first step must
+    # start a team of its own rather than wait for them
+    model = make_model()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = steps(NativeDecoder.for_model(model), model, 5)[0]  # the parent's team is up
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_child_step, args=(queue,), daemon=True)
+        child.start()
+        try:
+            got = queue.get(timeout=60)
+            child.join(timeout=60)
+        finally:
+            if child.is_alive():
+                child.kill()
+    finally:
+        torch.set_num_threads(before)
+    assert child.exitcode == 0
+    assert torch.equal(torch.tensor(got), expected)
 
 
 def test_decode_step_takes_the_native_step_by_default_only():

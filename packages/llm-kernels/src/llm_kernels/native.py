@@ -43,7 +43,13 @@ MAX_ROWS = 16  # input rows that linear_rows takes (kMaxRows in its source); que
 # that llm_kernels.attention hands to attend_rows
 SOURCES = tuple(
     Path(__file__).parent / "csrc" / name
-    for name in ("linear_rows.cpp", "attend_rows.cpp", "quant_rows.cpp", "decode_layers.cpp")
+    for name in (
+        "linear_rows.cpp",
+        "attend_rows.cpp",
+        "quant_rows.cpp",
+        "decode_layers.cpp",
+        "team.cpp",
+    )
 )
 HEADERS = tuple(
     Path(__file__).parent / "csrc" / name for name in ("work_share.h", "vec16.h")

@@ -34,15 +34,16 @@
 // write: int64 [B], the pool row of each row's new key and value; mask: bool [B|1, 1, 1, S];
 // `slot` unused. norm: float32 [C]; head: [V, C] with its format code (as the other weights).
 //
-// Threads: the whole step is one parallel region of torch's intra-op threads, its phases
-// (per layer: the norm; q/k/v; per row and KV head RoPE, the cache write and attention; o; the
-// residual and norm; gate/up with SwiGLU, a run of rows at a time; down and the residual; then
-// the final norm and the head's rows) separated by a barrier; each thread owns a contiguous
-// share of a phase's units and, done with it, takes units from the back of the others' shares
-// (work_share.h). A step thus forks the team once instead of once per product and attention
+// Threads: the whole step is one parallel region of torch.get_num_threads() threads (the
+// library's own team, team.cpp; torch's OpenMP threads when another thread's step holds it),
+// its phases (per layer: the norm; q/k/v; per row and KV head RoPE, the cache write and
+// attention; o; the residual and norm; gate/up with SwiGLU, a run of rows at a time; down and
+// the residual; then the final norm and the head's rows) separated by a barrier; each thread
+// owns a contiguous share of a phase's units and, done with it, takes units from the back of
+// the others' shares (work_share.h). A step thus forks the team once instead of once per product and attention
 // (eight times a layer), and the small serial work (quantizing activations, SwiGLU) is spread
-// over the threads or done where it is needed. Every output is computed by the same operations whatever thread takes it, so
-// the result does not depend on the thread count.
+// over the threads or done where it is needed. Every output is computed by the same operations
+// whatever thread takes it, so the result does not depend on the thread count.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -58,6 +59,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -71,6 +73,8 @@ void llm_kernels_quantize_blocks(const float* x, int64_t m, int64_t k, int8_t* q
 void llm_kernels_quant_columns(const uint8_t* q, int64_t row_bytes, int64_t format,
                                const int8_t* qx, const float* dx, const float* sx, int64_t k,
                                int64_t m, float* y, int64_t ld_y, int64_t begin, int64_t end);
+// team.cpp: body(id) for id in [0, T) on the library's own threads; false if they are busy.
+bool llm_kernels_team_run(int64_t T, const std::function<void(int64_t)>& body);
 void llm_kernels_attend_check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& mask);
 void llm_kernels_attend_units(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -565,8 +569,8 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
   };
   if (T == 1) {
     body(0, 1);
-  } else {
-    at::parallel_for(0, T, 1, body);
+  } else if (!llm_kernels_team_run(T, [&](int64_t id) { body(id, id + 1); })) {
+    at::parallel_for(0, T, 1, body);  // the team is busy with another thread's step
   }
   return with_head ? logits : out;
 }
