@@ -13,7 +13,9 @@ decode step, for a Llama-style model) and the eager one (``compile=False``), and
 llm-serve runs it: requests (1 or 8 at once, each with a prompt of its own) through an engine
 already running and warmed up (see ``engine_run``). The ratios the project tracks: default
 ``LLM.generate`` / llama.cpp F32, Engine with 1 stream / default ``LLM.generate``, Engine with
-8 streams / 1 stream (each also round by round). Also measured in the same run: the model's
+8 streams / 1 stream: from each side's best of the run, and round by round (the two sides
+run back to back in every round; the median of the rounds' ratios is the figure that noise
+moves least). Also measured in the same run: the model's
 matrix products alone, as decode calls them (the floor for any engine built on them), the read
 bandwidth of a buffer as large as the weights read per token, hence the memory-bandwidth limit
 on tokens/s and each engine's fraction of it.
@@ -309,14 +311,23 @@ def main() -> None:
         rows = {name: {"seconds": float("inf")} for name in runners}
         engine_runs: dict[int, list[dict]] = {1: [], args.streams: []}
         rounds: list[dict[str, float]] = []  # each round's seconds, for paired ratios
-        # round-robin, the engine's 1 and N streams included, so that load from elsewhere (this
-        # VM's neighbours move every figure by tens of percent) hits all alike; each round
-        # starts one task later, so that no task always follows the same one (a run right
-        # after the 8-stream engine measured 16% slower than after a pause on a Zen 4 VM)
-        tasks = [*runners, *(f"engine {n}" for n in engine_runs)]
+        # Round-robin, so that load from elsewhere (this VM's neighbours move every figure by
+        # tens of percent, in bursts shorter than a run) hits all alike. The tasks of each
+        # tracked ratio run back to back (llama.cpp, LLM.generate, the engine's 1 and N
+        # streams), forwards in even rounds and backwards in odd ones, so that both sides of
+        # a ratio meet the same moment and each side goes first as often (a run right after
+        # the 8-stream engine measured 16% slower than after a pause on a Zen 4 VM); the
+        # other tasks follow, one later each round.
+        paired = [
+            "llama.cpp F32 GGUF",
+            "llm-infer LLM.generate",
+            *(f"engine {n}" for n in engine_runs),
+        ]
+        others = [name for name in runners if name not in paired]
         for r in range(args.repeats):
             times: dict[str, float] = {}
-            for name in tasks[r % len(tasks) :] + tasks[: r % len(tasks)]:
+            group = paired if r % 2 == 0 else paired[::-1]
+            for name in group + others[r % len(others) :] + others[: r % len(others)]:
                 if name.startswith("engine "):
                     streams = int(name.split()[1])
                     run = engine_run(streams)
