@@ -40,9 +40,9 @@
 // attention; o; the residual and norm; gate/up with SwiGLU, a run of rows at a time; down and
 // the residual; then the final norm and the head's rows) separated by a barrier; each thread
 // owns a contiguous share of a phase's units and, done with it, takes units from the back of
-// the others' shares (work_share.h). A step thus forks the team once instead of once per product and attention
-// (eight times a layer), and the small serial work (quantizing activations, SwiGLU) is spread
-// over the threads or done where it is needed. Every output is computed by the same operations
+// the others' shares (work_share.h). A step thus forks the team once instead of once per
+// product and attention (eight times a layer), and the small serial work (quantizing
+// activations, SwiGLU) is spread over the threads or done where it is needed. Every output is computed by the same operations
 // whatever thread takes it, so the result does not depend on the thread count.
 
 #include <ATen/Parallel.h>

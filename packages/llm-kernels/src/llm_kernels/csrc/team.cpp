@@ -84,7 +84,10 @@ class Team {
     std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
     if (!lock.owns_lock()) return false;
     const uint32_t round = round_.load(std::memory_order_relaxed);
-    while (helpers_ < T - 1) start_helper(++helpers_, round);
+    while (helpers_ < T - 1) {
+      start_helper(helpers_ + 1, round);  // counted once it runs (std::thread may throw)
+      ++helpers_;
+    }
     // every helper acknowledges every round (those past T - 1 without work), so that none can
     // still be reading this round's job when the next is posted
     job_ = &body;
