@@ -52,7 +52,7 @@ SOURCES = tuple(
     )
 )
 HEADERS = tuple(
-    Path(__file__).parent / "csrc" / name for name in ("work_share.h", "vec16.h")
+    Path(__file__).parent / "csrc" / name for name in ("work_share.h", "vec16.h", "spin_wait.h")
 )  # part of the library's key
 
 log = logging.getLogger(__name__)

@@ -42,8 +42,9 @@
 // owns a contiguous share of a phase's units and, done with it, takes units from the back of
 // the others' shares (work_share.h). A step thus forks the team once instead of once per
 // product and attention (eight times a layer), and the small serial work (quantizing
-// activations, SwiGLU) is spread over the threads or done where it is needed. Every output is computed by the same operations
-// whatever thread takes it, so the result does not depend on the thread count.
+// activations, SwiGLU) is spread over the threads or done where it is needed. Every output
+// is computed by the same operations whatever thread takes it, so the result does not depend
+// on the thread count.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -51,6 +52,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "spin_wait.h"
 #include "vec16.h"
 #include "work_share.h"
 
@@ -236,17 +238,7 @@ class Barrier {
       if (sleepers_.load(std::memory_order_seq_cst) > 0) round_.notify_all();
       return;
     }
-    const auto start = std::chrono::steady_clock::now();
-    for (int64_t spins = 1;; ++spins) {
-      if (round_.load(std::memory_order_acquire) != round) return;
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
-      if (spins % 64 == 0 && std::chrono::steady_clock::now() - start > kSpin) break;
-    }
-    sleepers_.fetch_add(1, std::memory_order_seq_cst);
-    while (round_.load(std::memory_order_seq_cst) == round) round_.wait(round);
-    sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    wait_while(round_, round, kSpin, sleepers_);
   }
 
  private:

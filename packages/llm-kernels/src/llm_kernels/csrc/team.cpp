@@ -7,7 +7,7 @@
 // spins): every region then wakes its threads from a futex. On a 2-core VM, requests through
 // an engine (its step on the worker thread) never exceeded about 71 tokens/s where the same
 // steps from the main thread reached 85-96 in the same rounds, and llama.cpp beside an idle
-// engine ran at 0.6x (its barriers are OpenMP's); docs/benchmarks.md. This team is one per
+// engine ran at 0.6x (llama-cpp-python's build loads the same libgomp); docs/benchmarks.md. This team is one per
 // process, whatever thread calls: its helpers spin for a while after a step (the next one
 // follows within a millisecond) and then sleep on a futex, as libgomp does unthrottled.
 //
@@ -27,6 +27,8 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include "spin_wait.h"
+
 namespace {
 
 // How long an idle helper spins before it sleeps: OMP_WAIT_POLICY's meaning as libgomp reads
@@ -38,28 +40,6 @@ std::chrono::microseconds idle_spin() {
   if (policy != nullptr && strcasecmp(policy, "active") == 0)
     return std::chrono::microseconds(1000000);
   return std::chrono::microseconds(3000);
-}
-
-inline void pause() {
-#if defined(__x86_64__)
-  __builtin_ia32_pause();
-#endif
-}
-
-// Spin on `word` while it equals `old` for up to `spin`, then sleep on it (counted in
-// `sleepers`, so that the writer knows to wake it).
-void wait_while(const std::atomic<uint32_t>& word, uint32_t old, std::chrono::microseconds spin,
-                std::atomic<int32_t>& sleepers) {
-  const auto start = std::chrono::steady_clock::now();
-  for (int64_t spins = 1; word.load(std::memory_order_acquire) == old; ++spins) {
-    pause();
-    if (spins % 64 == 0 && std::chrono::steady_clock::now() - start >= spin) {
-      sleepers.fetch_add(1, std::memory_order_seq_cst);
-      while (word.load(std::memory_order_seq_cst) == old) word.wait(old, std::memory_order_seq_cst);
-      sleepers.fetch_sub(1, std::memory_order_relaxed);
-      return;
-    }
-  }
 }
 
 class Team {
@@ -105,12 +85,16 @@ class Team {
 
  private:
   void start_helper(int64_t id, uint32_t round) {
-    // helpers take no signals: the process's handlers run on its own threads
+    // helpers take no signals: the process's handlers run on its own threads (the mask is
+    // the creating thread's while the helper starts, restored even if std::thread throws)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    struct Restore {
+      const sigset_t* mask;
+      ~Restore() { pthread_sigmask(SIG_SETMASK, mask, nullptr); }
+    } restore{&old};
     std::thread([this, id, round] { help(id, round); }).detach();
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
   }
 
   void help(int64_t id, uint32_t seen) {
