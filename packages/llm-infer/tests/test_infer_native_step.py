@@ -37,13 +37,18 @@ def make_model(**overrides) -> Transformer:
     return Transformer(ModelConfig.from_dict(CONFIG | overrides)).eval()
 
 
-def quantize(model: Transformer, fmt: str, activations: str = "int8") -> Transformer:
-    """Every projection as a GGUFLinear of gguf-py's ``fmt`` blocks of its weight."""
+def quantize(
+    model: Transformer, fmt: str, activations: str = "int8", layers: list[int] | None = None
+) -> Transformer:
+    """Every projection (of ``layers``, default all) as a GGUFLinear of gguf-py's ``fmt``
+    blocks of its weight."""
     gguf = pytest.importorskip("gguf")
     from llm_quant.linear import GGUFLinear
 
     qtype = gguf.GGMLQuantizationType[fmt.removesuffix("x8").upper()]
-    for layer in model.model.layers:
+    for i, layer in enumerate(model.model.layers):
+        if layers is not None and i not in layers:
+            continue
         for name in PROJECTIONS:
             parent_name, _, child = name.rpartition(".")
             parent = layer.get_submodule(parent_name)
@@ -129,6 +134,14 @@ def test_gguf_layers_give_the_modules_logits_up_to_int8_rounding(fmt):
     # The same kernels with int8 activations; only the norms' float32 rounding differs, and
     # an activation block whose rounding it moves changes a product by one step of dx.
     logits, cache = compare(quantize(make_model(), fmt))
+    assert logits < 2e-2 and cache < 2e-2, (logits, cache)
+
+
+@pytest.mark.parametrize("quantized", [[0], [1]])
+def test_layers_of_different_formats_each_get_their_own_activations(quantized):
+    # layers share working buffers where their formats agree: a float layer before or after a
+    # quantized one must neither skip nor disturb the int8 activations the other needs
+    logits, cache = compare(quantize(make_model(n_layer=3), "q8_0", layers=quantized))
     assert logits < 2e-2 and cache < 2e-2, (logits, cache)
 
 
