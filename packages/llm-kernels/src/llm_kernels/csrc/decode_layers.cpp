@@ -122,8 +122,14 @@ struct Acts {
 struct Matrix {
   const void* w = nullptr;
   int64_t format = kFloat, n = 0, row_bytes = 0;
-  // rows a unit of work starts at a multiple of: interleaved blocks come in groups of 8
-  int64_t rows_together() const { return format >= 5 ? 8 : 4; }
+  // rows a unit of work starts at a multiple of, for `inputs` rows of activations:
+  // interleaved blocks come in groups of 8; float32 rows in whole tiles of linear_rows.cpp
+  // (3 rows with AVX-512 and several inputs, 4 with AVX2: 12), since a tile cut short costs
+  // more per row (one row of eight inputs 1.7x a row of a 3-row tile at 768 inputs, 2.3x at
+  // 2048, weights in L2, a Zen 4 VM); other formats in fours
+  int64_t rows_together(int64_t inputs) const {
+    return format >= 5 ? 8 : format == kFloat && inputs > 1 ? 12 : 4;
+  }
 };
 
 // y[r * ld + j] = (a_r . w_j) for output rows j in [begin, end) of m.
@@ -174,10 +180,11 @@ struct Part {
 };
 
 // The parts of a group of matrices whose outputs sit side by side in y (row stride ld).
-void add_parts(std::vector<Part>& parts, const std::vector<Matrix>& ms, float* y, int64_t ld) {
+void add_parts(std::vector<Part>& parts, const std::vector<Matrix>& ms, float* y, int64_t ld,
+               int64_t inputs) {
   int64_t offset = 0;
   for (const Matrix& m : ms) {
-    const int64_t step = chunk_rows(m, m.rows_together());
+    const int64_t step = chunk_rows(m, m.rows_together(inputs));
     for (int64_t r = 0; r < m.n; r += step) parts.push_back({&m, y + offset, ld, r, std::min(m.n, r + step)});
     offset += m.n;
   }
@@ -438,11 +445,13 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
     }
     ly.kc = kc.data_ptr<float>();
     ly.vc = vc.data_ptr<float>();
-    add_parts(ly.qkv_parts, ly.qkv, ly.s->qkv_out.data(), qkv_ld);
-    add_parts(ly.o_parts, ly.o, ly.s->attn.data(), C);
-    add_parts(ly.down_parts, ly.down, ly.s->mlp.data(), C);
-    // gate and up together, in runs of whole blocks of 32 of the activation
-    ly.gu_step = std::min(f, chunk_rows(ly.gate_up[0], kQK, 2));
+    add_parts(ly.qkv_parts, ly.qkv, ly.s->qkv_out.data(), qkv_ld, B);
+    add_parts(ly.o_parts, ly.o, ly.s->attn.data(), C, B);
+    add_parts(ly.down_parts, ly.down, ly.s->mlp.data(), C, B);
+    // gate and up together, in runs of whole blocks of 32 of the activation where anything
+    // of the MLP is quantized, else of whole tiles for several inputs (24 rows)
+    const bool mlp_float = !gu_q && !down_q;
+    ly.gu_step = std::min(f, chunk_rows(ly.gate_up[0], mlp_float && B > 1 ? 24 : kQK, 2));
     ly.gu_units = (f + ly.gu_step - 1) / ly.gu_step;
     layers.push_back(std::move(layer));
   }
@@ -463,7 +472,7 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList attn_norms, at::Ten
     head_m.push_back(matrix(*head, head_format, C, "head"));
     hf = std::make_unique<Acts>(B, C, head_format != kFloat);
     logits = at::empty({B, head_m[0].n}, x.options());
-    add_parts(head_parts, head_m, logits.data_ptr<float>(), head_m[0].n);
+    add_parts(head_parts, head_m, logits.data_ptr<float>(), head_m[0].n, B);
   }
   const float* final_norm = with_head ? norm->data_ptr<float>() : nullptr;
 

@@ -223,11 +223,13 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
   if (threads == 1 || out * in < kSerial) {
     columns(wp, in, xp, m, yp, out, 0, out);
   } else {
-    // Chunks of whole 4-row blocks, about kChunk weights each. Each thread owns a contiguous
-    // share of them and works it front to back; a thread done with its own takes chunks from
-    // the back of a share still in progress, so a thread that the OS holds up (a busy host)
-    // does not keep the others waiting at the end.
-    const int64_t chunk = std::max<int64_t>(4, kChunk / in / 4 * 4);
+    // Chunks of whole blocks (4 rows; 12 with several input rows: four 3-row tiles, three of
+    // AVX2's 4 rows, since a tile cut short costs more per row), about kChunk weights each.
+    // Each thread owns a contiguous share of them and works it front to back; a thread done
+    // with its own takes chunks from the back of a share still in progress, so a thread that
+    // the OS holds up (a busy host) does not keep the others waiting at the end.
+    const int64_t whole = m > 1 ? 12 : 4;
+    const int64_t chunk = std::max<int64_t>(whole, kChunk / in / whole * whole);
     const int64_t n = (out + chunk - 1) / chunk;
     const int64_t T = std::min<int64_t>(threads, n);
     const auto run = [&](int64_t c) {
