@@ -229,6 +229,26 @@ def test_attend_rows_gives_zeros_to_a_query_that_sees_no_key(hf_attention):
 
 
 @needs_native
+@pytest.mark.parametrize("head_dim", [16, 64, 72])
+def test_attend_rows_scores_a_key_alike_wherever_it_sits(head_dim):
+    # keys are scored four at a time, with the last few one by one; both must end each sum
+    # with the same tree of adds, so that a key's weight does not depend on its place: key 4
+    # (scored alone) is key 0 (scored with 1-3), and one-hot values give out[s] = weight of s
+    torch.manual_seed(0)
+    q = torch.randn(1, 32, 1, head_dim)  # 32 heads share the key: 32 chances to differ
+    k = torch.randn(1, 1, 5, head_dim)
+    k[:, :, 4] = k[:, :, 0]
+    v = torch.zeros(1, 1, 5, head_dim)
+    v[0, 0, torch.arange(5), torch.arange(5)] = 1.0
+    mask = torch.ones(1, 1, 1, 5, dtype=torch.bool)
+    got = torch.ops.llm_kernels.attend_rows(q, k, v, mask, head_dim**-0.5)  # (1, 3, 1, D)
+    weights = got[0, :, 0, :5]  # (32 heads, 5 keys)
+    assert torch.equal(weights[:, 0], weights[:, 4]), (weights[:, 0] - weights[:, 4]).abs().max()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(32))
+    assert len(set(weights[0].tolist())) == 4  # the others differ
+
+
+@needs_native
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -50,7 +50,7 @@ inline void dot4(const float* q, const float* const (&k)[4], int64_t n, float* x
     a2 += qv * load(k[2] + i);
     a3 += qv * load(k[3] + i);
   }
-  x[0] = hsum(a0); x[1] = hsum(a1); x[2] = hsum(a2); x[3] = hsum(a3);
+  hsum4(a0, a1, a2, a3, x);
   for (int64_t i = body; i < n; ++i) {
     for (int j = 0; j < 4; ++j) x[j] += q[i] * k[j][i];
   }

@@ -25,6 +25,32 @@ inline float hsum(vec16 v) {
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
+// hsum of four vectors at once, the same tree for each (and so the same bits as hsum): halves
+// of two vectors added in one vector, then quarters of four, then the pairs; eight shuffles and
+// five vector adds for the four sums.
+inline void hsum4(vec16 v0, vec16 v1, vec16 v2, vec16 v3, float* out) {
+  // a(v) = v[0:8] + v[8:16]: a(v0), a(v1) side by side, a(v2), a(v3)
+  const vec16 w01 = __builtin_shufflevector(v0, v1, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20,
+                                            21, 22, 23) +
+                    __builtin_shufflevector(v0, v1, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27,
+                                            28, 29, 30, 31);
+  const vec16 w23 = __builtin_shufflevector(v2, v3, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20,
+                                            21, 22, 23) +
+                    __builtin_shufflevector(v2, v3, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27,
+                                            28, 29, 30, 31);
+  // b(v) = a[0:4] + a[4:8]: b(v0) .. b(v3) in lanes 0-3, 4-7, 8-11, 12-15
+  const vec16 z = __builtin_shufflevector(w01, w23, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24,
+                                          25, 26, 27) +
+                  __builtin_shufflevector(w01, w23, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23,
+                                          28, 29, 30, 31);
+  // (b0 + b2) and (b1 + b3) in each group's first two lanes, then their sum in its first
+  const vec16 t = z + __builtin_shufflevector(z, z, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15,
+                                              12, 13);
+  const vec16 r = t + __builtin_shufflevector(t, t, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12,
+                                              15, 14);
+  out[0] = r[0], out[1] = r[4], out[2] = r[8], out[3] = r[12];
+}
+
 // exp(x) for x <= 0 (attention: a score minus the row's maximum; SwiGLU: -|x|), 0 below
 // -87.3 (where float32's exp leaves the normal range) and for -inf: Cephes' expf, range
 // reduction to |r| <= ln2/2 and a degree-6 polynomial, within 2 ulp of std::exp in the normal
