@@ -70,6 +70,7 @@
 // quant_rows.cpp, attend_rows.cpp).
 void llm_kernels_linear_columns(const float* w, int64_t in, const float* x, int64_t m, float* y,
                                 int64_t ld_y, int64_t begin, int64_t end);
+int64_t llm_kernels_linear_rows_together(int64_t m);
 void llm_kernels_quantize_blocks(const float* x, int64_t m, int64_t k, int8_t* qx, float* dx,
                                  float* sx);
 void llm_kernels_quant_columns(const uint8_t* q, int64_t row_bytes, int64_t format,
@@ -123,12 +124,10 @@ struct Matrix {
   const void* w = nullptr;
   int64_t format = kFloat, n = 0, row_bytes = 0;
   // rows a unit of work starts at a multiple of, for `inputs` rows of activations:
-  // interleaved blocks come in groups of 8; float32 rows in whole tiles of linear_rows.cpp
-  // (3 rows with AVX-512 and several inputs, 4 with AVX2: 12), since a tile cut short costs
-  // more per row (one row of eight inputs 1.7x a row of a 3-row tile at 768 inputs, 2.3x at
-  // 2048, weights in L2, a Zen 4 VM); other formats in fours
+  // interleaved blocks come in groups of 8, float32 rows in linear_rows' whole tiles, other
+  // formats in fours
   int64_t rows_together(int64_t inputs) const {
-    return format >= 5 ? 8 : format == kFloat && inputs > 1 ? 12 : 4;
+    return format >= 5 ? 8 : format == kFloat ? llm_kernels_linear_rows_together(inputs) : 4;
   }
 };
 
@@ -263,17 +262,15 @@ class Barrier {
 struct Scratch {
   std::vector<float> qkv_out, attn, gu, mlp;
   Acts h, y, h2, act;
-  // what a layer needs of them: its width f and which of its products are quantized
-  int64_t f;
-  bool qkv_q, o_q, gu_q, down_q;
 
-  Scratch(int64_t B, int64_t C, int64_t qd, int64_t qkv_ld, int64_t f_, bool qkv_q_, bool o_q_,
-          bool gu_q_, bool down_q_)
-      : qkv_out(B * qkv_ld), attn(B * C), gu(B * 2 * f_), mlp(B * C), h(B, C, qkv_q_),
-        y(B, qd, o_q_), h2(B, C, gu_q_), act(B, f_, down_q_), f(f_), qkv_q(qkv_q_), o_q(o_q_),
-        gu_q(gu_q_), down_q(down_q_) {}
-  bool fits(int64_t f_, bool qkv_q_, bool o_q_, bool gu_q_, bool down_q_) const {
-    return f == f_ && qkv_q == qkv_q_ && o_q == o_q_ && gu_q == gu_q_ && down_q == down_q_;
+  Scratch(int64_t B, int64_t C, int64_t qd, int64_t qkv_ld, int64_t f, bool qkv_q, bool o_q,
+          bool gu_q, bool down_q)
+      : qkv_out(B * qkv_ld), attn(B * C), gu(B * 2 * f), mlp(B * C), h(B, C, qkv_q),
+        y(B, qd, o_q), h2(B, C, gu_q), act(B, f, down_q) {}
+  // whether a layer of width f whose products are quantized as given can use them
+  bool fits(int64_t f, bool qkv_q, bool o_q, bool gu_q, bool down_q) const {
+    return act.k == f && h.quantized() == qkv_q && y.quantized() == o_q &&
+           h2.quantized() == gu_q && act.quantized() == down_q;
   }
 };
 

@@ -191,6 +191,12 @@ void columns(const float* w, int64_t in, const float* x, int64_t m, float* y, in
   }
 }
 
+// Weight rows a share of the work starts at a multiple of, for m input rows: whole tiles
+// (several inputs: 12, four 3-row tiles or three of AVX2's 4-row ones, since a tile cut short
+// costs more per row: one row of eight inputs 1.7x a row of a 3-row tile at 768 inputs, 2.3x
+// at 2048, weights in L2, a Zen 4 VM; one input: 4).
+int64_t rows_together(int64_t m) { return m > 1 ? 12 : 4; }
+
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "linear_rows: CPU tensors only");
@@ -223,12 +229,11 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& weight,
   if (threads == 1 || out * in < kSerial) {
     columns(wp, in, xp, m, yp, out, 0, out);
   } else {
-    // Chunks of whole blocks (4 rows; 12 with several input rows: four 3-row tiles, three of
-    // AVX2's 4 rows, since a tile cut short costs more per row), about kChunk weights each.
-    // Each thread owns a contiguous share of them and works it front to back; a thread done
-    // with its own takes chunks from the back of a share still in progress, so a thread that
-    // the OS holds up (a busy host) does not keep the others waiting at the end.
-    const int64_t whole = m > 1 ? 12 : 4;
+    // Chunks of whole tiles (rows_together), about kChunk weights each. Each thread owns a
+    // contiguous share of them and works it front to back; a thread done with its own takes
+    // chunks from the back of a share still in progress, so a thread that the OS holds up (a
+    // busy host) does not keep the others waiting at the end.
+    const int64_t whole = rows_together(m);
     const int64_t chunk = std::max<int64_t>(whole, kChunk / in / whole * whole);
     const int64_t n = (out + chunk - 1) / chunk;
     const int64_t T = std::min<int64_t>(threads, n);
@@ -256,3 +261,4 @@ void llm_kernels_linear_columns(const float* w, int64_t in, const float* x, int6
                                 int64_t ld_y, int64_t begin, int64_t end) {
   columns(w, in, x, m, y, ld_y, begin, end);
 }
+int64_t llm_kernels_linear_rows_together(int64_t m) { return rows_together(m); }
