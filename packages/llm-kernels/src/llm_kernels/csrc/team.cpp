@@ -7,9 +7,10 @@
 // spins): every region then wakes its threads from a futex. On a 2-core VM, requests through
 // an engine (its step on the worker thread) never exceeded about 71 tokens/s where the same
 // steps from the main thread reached 85-96 in the same rounds, and llama.cpp beside an idle
-// engine ran at 0.6x (llama-cpp-python's build loads the same libgomp); docs/benchmarks.md. This team is one per
-// process, whatever thread calls: its helpers spin for a while after a step (the next one
-// follows within a millisecond) and then sleep on a futex, as libgomp does unthrottled.
+// engine ran at 0.6x (llama-cpp-python's build loads the same libgomp); docs/benchmarks.md.
+// This team is one per process, whatever thread calls: its helpers spin for a while after a
+// step (the next one follows within a millisecond) and then sleep on a futex, as libgomp
+// does unthrottled.
 //
 // One caller at a time: a call that finds the team busy (another thread's step in flight)
 // returns false and the caller runs its region with at::parallel_for instead.
