@@ -241,7 +241,7 @@ def test_attend_rows_scores_a_key_alike_wherever_it_sits(head_dim):
     v = torch.zeros(1, 1, 5, head_dim)
     v[0, 0, torch.arange(5), torch.arange(5)] = 1.0
     mask = torch.ones(1, 1, 1, 5, dtype=torch.bool)
-    got = torch.ops.llm_kernels.attend_rows(q, k, v, mask, head_dim**-0.5)  # (1, 3, 1, D)
+    got = torch.ops.llm_kernels.attend_rows(q, k, v, mask, head_dim**-0.5)  # (1, 32, 1, D)
     weights = got[0, :, 0, :5]  # (32 heads, 5 keys)
     assert torch.equal(weights[:, 0], weights[:, 4]), (weights[:, 0] - weights[:, 4]).abs().max()
     torch.testing.assert_close(weights.sum(-1), torch.ones(32))

@@ -59,12 +59,9 @@ inline void dot4(const float* q, const float* const (&k)[4], int64_t n, float* x
 // Keys and values this far ahead of the four keys being scored are fetched in advance, into
 // L2 (prefetcht1), and a unit's first ones before it starts: a cache's rows come from memory
 // in runs of a block (paged) or a row's keys, too short for the hardware prefetchers alone.
-// Into L1 (prefetcht0), the values fetched as their keys were scored, the prefetches
-// themselves stalled on the L1's few miss buffers: on a Zen 4 VM (2026-12-03) an 8-stream
-// engine step of the llama-125m shape spent 0.75-0.80x the time in attention this way
-// (1.69-1.80 ms -> 1.22-1.54, a copy timing the phase, medians of 5-6 rounds alternating
-// in one process); a block of 32 or 64 tokens, the pool on 2 MiB pages, or the G heads of a
-// KV head scored and weighed in one pass did not change it.
+// Fetched into L1 instead (prefetcht0), the prefetches stalled on the L1's few miss buffers:
+// the attention phase of an 8-stream engine step, llama-125m shape, Zen 4 VM (2026-12-03),
+// took 1.10-1.13 ms this way against 1.53-1.56 (docs/benchmarks.md, "attention's reads").
 constexpr int64_t kAhead = 16;
 inline void prefetch_row(const float* p, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i, 0, 2);
